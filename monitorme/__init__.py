@@ -1,0 +1,3 @@
+"""MonitorMe: open patient-vitals monitoring engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,148 @@
+"""Read side for the HTTP API: patients and history, with peak-keeping downsampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+import orjson
+
+from monitorme.adapters.pg_codecs import init_connection
+from monitorme.core.definitions import PipelineRegistry, ValueKind
+from monitorme.core.downsample import change_points, minmax_indices
+
+MAX_READINGS = 200_000  # one reply; beyond it the caller must narrow the range or downsample
+
+
+class TooManyReadings(Exception):
+    """The requested range holds more readings than one reply may carry."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.count = count
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRow:
+    patient: str
+    station: str | None
+    bed: str | None
+    thresholds: dict[str, Any]
+    admitted_ms: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "patient": self.patient, "station": self.station, "bed": self.bed,
+            "thresholds": self.thresholds, "admitted": self.admitted_ms,
+        }
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
+    """A small pool for API reads (the writer has its own connection)."""
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection, timeout=10)
+
+
+class PgReader:
+    """Queries for one ward."""
+
+    def __init__(self, pool: asyncpg.Pool, ward: str, registry: PipelineRegistry) -> None:
+        self.pool = pool
+        self.ward = ward
+        self.registry = registry
+
+    async def ping(self) -> bool:
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1", timeout=2)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        return True
+
+    async def patients(self, station: str | None = None) -> list[PatientRow]:
+        sql = (
+            "SELECT patient_id, station, bed, thresholds, admitted_at FROM patients WHERE ward = $1"
+            + (" AND station = $2" if station is not None else "")
+            + " ORDER BY patient_id"
+        )
+        args: list[Any] = [self.ward] + ([station] if station is not None else [])
+        rows = await self.pool.fetch(sql, *args)
+        return [_patient(r) for r in rows]
+
+    async def patient(self, patient: str) -> PatientRow | None:
+        row = await self.pool.fetchrow(
+            "SELECT patient_id, station, bed, thresholds, admitted_at FROM patients"
+            " WHERE ward = $1 AND patient_id = $2", self.ward, patient,
+        )
+        return _patient(row) if row else None
+
+    async def put_patient(self, patient: str, station: str | None, bed: str | None,
+                          thresholds: dict[str, Any] | None) -> PatientRow:
+        """Admit or move a patient (fields left None keep their value; thresholds merge)."""
+        row = await self.pool.fetchrow(
+            "INSERT INTO patients (ward, patient_id, station, bed, thresholds)"
+            " VALUES ($1, $2, $3, $4, COALESCE($5::jsonb, '{}'::jsonb))"
+            " ON CONFLICT (ward, patient_id) DO UPDATE SET"
+            "  station = CASE WHEN $6 THEN EXCLUDED.station ELSE patients.station END,"
+            "  bed = CASE WHEN $7 THEN EXCLUDED.bed ELSE patients.bed END,"
+            "  thresholds = patients.thresholds || COALESCE($5::jsonb, '{}'::jsonb),"
+            "  updated_at = now()"
+            " RETURNING patient_id, station, bed, thresholds, admitted_at",
+            self.ward, patient, station, bed,
+            orjson.dumps(thresholds).decode() if thresholds is not None else None,
+            station is not None, bed is not None,
+        )
+        return _patient(row)
+
+    async def history(self, patient: str, vital: str, from_ms: int, to_ms: int,
+                      max_points: int | None) -> list[dict[str, Any]]:
+        """Readings of one vital in ``[from_ms, to_ms]``, oldest first, values as they came in."""
+        spec = self.registry[vital]
+        async with self.pool.acquire() as conn:
+            if max_points is None:
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM readings WHERE ward = $1 AND patient_id = $2"
+                    " AND vital = $3 AND ts >= $4 AND ts <= $5", self.ward, patient, vital, from_ms, to_ms,
+                )
+                if count > MAX_READINGS:
+                    raise TooManyReadings(count)
+            rows = await conn.fetch(
+                "SELECT ts, num, doc, wave FROM readings WHERE ward = $1 AND patient_id = $2"
+                " AND vital = $3 AND ts >= $4 AND ts <= $5 ORDER BY ts, dedup",
+                self.ward, patient, vital, from_ms, to_ms,
+            )
+        if max_points is not None and len(rows) > max_points:
+            rows = _downsample(rows, spec.kind, spec.primary, max_points)
+        return [{"ts": r["ts"], "value": _value(r, spec.kind)} for r in rows]
+
+
+def _patient(r: asyncpg.Record) -> PatientRow:
+    return PatientRow(r["patient_id"], r["station"], r["bed"], orjson.loads(r["thresholds"]), r["admitted_at"])
+
+
+def _value(row: asyncpg.Record, kind: ValueKind) -> Any:
+    if kind is ValueKind.NUMBER:
+        return row["num"]
+    doc = orjson.loads(row["doc"])
+    if kind is ValueKind.WAVEFORM:
+        # float32 array: orjson prints each sample in its shortest float32 form.
+        return {"hz": doc["hz"], "samples": np.frombuffer(row["wave"], dtype="<f4")}
+    return doc
+
+
+def _downsample(rows: list[asyncpg.Record], kind: ValueKind, primary: str | None,
+                max_points: int) -> list[asyncpg.Record]:
+    if kind is ValueKind.ENUM:
+        return [rows[i] for i in change_points([r["doc"] for r in rows], max_points)]
+    ts = np.fromiter((r["ts"] for r in rows), dtype=np.int64, count=len(rows))
+    if kind is ValueKind.NUMBER:
+        values = np.fromiter((r["num"] for r in rows), dtype=np.float64, count=len(rows))
+    elif kind is ValueKind.OBJECT:
+        key = primary or ""
+        values = np.fromiter((orjson.loads(r["doc"]).get(key, np.nan) for r in rows),
+                             dtype=np.float64, count=len(rows))
+    else:  # waveform: keep the chunks with the largest swing (QRS complexes, artefacts)
+        values = np.fromiter((float(np.ptp(np.frombuffer(r["wave"], dtype="<f4"))) for r in rows),
+                             dtype=np.float64, count=len(rows))
+    return [rows[i] for i in minmax_indices(ts, values, max_points).tolist()]

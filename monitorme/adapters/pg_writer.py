@@ -1,0 +1,248 @@
+"""Batched, de-duplicating writes of readings, dead letters and admissions to PostgreSQL.
+
+Rows are COPYed into a per-connection staging table and moved into the partitioned
+``readings`` with ``ON CONFLICT DO NOTHING``, so a redelivered reading is stored once
+even across restarts. Only after the transaction commits are the batch's MQTT
+messages acknowledged (``on_durable``): a crash before that makes the broker resend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import orjson
+
+from monitorme.adapters import partitions
+from monitorme.adapters.pg_codecs import init_connection
+from monitorme.core.model import Outputs, Reading, Waveform
+from monitorme.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+READING_COLUMNS = (
+    "ward", "patient_id", "vital", "ts", "dedup", "num", "doc", "wave", "device", "seq", "received_at",
+)
+DEAD_LETTER_COLUMNS = ("ward", "received_at", "topic", "reason", "detail", "payload", "payload_size")
+_TRANSIENT = (OSError, ConnectionError, TimeoutError, asyncpg.InterfaceError,
+              asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+              asyncpg.AdminShutdownError, asyncpg.TooManyConnectionsError)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterConfig:
+    """How the writer batches and retries."""
+
+    ward: str
+    dsn: str
+    batch_rows: int = 10_000  # flush at this many rows ...
+    flush_ms: int = 50  # ... or when the oldest pending row is this old (<= 100 ms)
+    max_pending_rows: int = 200_000  # producers wait beyond this: backpressure, never shedding
+    retry_max_s: float = 10.0
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    readings: list[Reading] = field(default_factory=list)
+    rejections: list[object] = field(default_factory=list)
+    admitted: list[str] = field(default_factory=list)
+    acks: list[object] = field(default_factory=list)
+    rows: int = 0
+    since: float = 0.0
+
+
+def reading_record(ward: str, r: Reading) -> tuple[object, ...]:
+    """The COPY tuple of one reading (timestamps as epoch ms, see ``pg_codecs``)."""
+    value = r.value
+    num: float | None = None
+    doc: str | None = None
+    wave: bytes | None = None
+    if isinstance(value, float):
+        num = value
+    elif isinstance(value, Waveform):
+        doc = '{"hz": %s}' % orjson.dumps(value.hz).decode()
+        wave = value.samples
+    else:
+        doc = orjson.dumps(value).decode()
+    return (ward, r.patient, r.vital, r.ts_ms, r.dedup_key, num, doc, wave, r.device, r.seq, r.received_ms)
+
+
+class PgWriter:
+    """Accepts engine outputs, writes them in batches, then reports them durable.
+
+    Args:
+        config: batching and connection settings.
+        metrics: counters to update.
+        on_durable: called with the ack tokens of each committed batch, in order.
+    """
+
+    def __init__(
+        self,
+        config: WriterConfig,
+        metrics: Metrics,
+        on_durable: Callable[[list[object]], None] = lambda _acks: None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.on_durable = on_durable
+        self._pending = _Pending()
+        self._has_rows = asyncio.Event()
+        self._full = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._conn: asyncpg.Connection | None = None
+        self._hours: set[int] = set()
+        self._stopping = False
+        self.connected = False
+        self.last_commit_ms = 0
+        metrics.describe("monitorme_stored_total", "counter", "Readings committed to PostgreSQL.")
+        metrics.describe("monitorme_duplicates_total", "counter", "Readings already stored, by where they were caught.")
+        metrics.gauge("monitorme_writer_pending_rows", lambda: self._pending.rows)
+
+    # -- producer side -------------------------------------------------------------
+    def submit(self, outputs: Outputs, acks: Sequence[object]) -> None:
+        """Queue one engine output and the acks of the messages that produced it."""
+        p = self._pending
+        n = len(outputs.readings) + len(outputs.rejections) + len(outputs.admitted)
+        if p.rows == 0 and not p.acks:
+            p.since = time.monotonic()
+        p.readings.extend(outputs.readings)
+        p.rejections.extend(outputs.rejections)
+        p.admitted.extend(outputs.admitted)
+        p.acks.extend(acks)
+        p.rows += n
+        if n or acks:
+            self._has_rows.set()
+        if p.rows >= self.config.batch_rows:
+            self._full.set()
+        if p.rows >= self.config.max_pending_rows:
+            self._room.clear()
+
+    async def wait_for_room(self) -> None:
+        """Wait while the writer holds more than ``max_pending_rows`` (database slow or down)."""
+        await self._room.wait()
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending.rows
+
+    # -- the loop ------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush until ``stop`` is set and everything pending is written."""
+        while True:
+            if not self._has_rows.is_set():
+                if stop.is_set():
+                    return
+                waiter = asyncio.ensure_future(self._has_rows.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    stopper.cancel()
+                continue
+            if not stop.is_set():
+                age = time.monotonic() - self._pending.since
+                remaining = self.config.flush_ms / 1000 - age
+                if remaining > 0:
+                    try:
+                        async with asyncio.timeout(remaining):
+                            await self._full.wait()
+                    except TimeoutError:
+                        pass
+            batch, self._pending = self._pending, _Pending()
+            self._has_rows.clear()
+            self._full.clear()
+            await self._write_with_retry(batch, stop)
+            if self._pending.rows < self.config.max_pending_rows:
+                self._room.set()
+
+    async def _write_with_retry(self, batch: _Pending, stop: asyncio.Event) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._write(batch)
+                break
+            except _TRANSIENT as exc:
+                self._drop_connection()
+                attempt += 1
+                delay = random.uniform(0, min(self.config.retry_max_s, 0.1 * 2**attempt))
+                log.warning("store_retry", extra={"attempt": attempt, "error": repr(exc), "delay_s": round(delay, 2)})
+                self.metrics.inc("monitorme_store_retries_total")
+                await asyncio.sleep(delay)
+        self.last_commit_ms = int(time.time() * 1000)
+        if batch.acks:
+            self.on_durable(batch.acks)
+
+    def _drop_connection(self) -> None:
+        self.connected = False
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            conn = await asyncpg.connect(self.config.dsn, timeout=self.config.connect_timeout_s)
+            await init_connection(conn)
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS readings_stage (LIKE readings) ON COMMIT DELETE ROWS"
+            )
+            self._hours = await partitions.existing_hours(conn)
+            self._conn = conn
+            self.connected = True
+        return self._conn
+
+    async def _write(self, batch: _Pending) -> None:
+        conn = await self._connection()
+        ward = self.config.ward
+        records = [reading_record(ward, r) for r in batch.readings]
+        hours = {r.ts_ms // partitions.HOUR_MS for r in batch.readings} - self._hours
+        if hours:
+            await partitions.ensure_partitions(conn, hours)
+            self._hours |= hours
+        started = time.perf_counter()
+        async with conn.transaction():
+            stored = 0
+            if records:
+                await conn.copy_records_to_table("readings_stage", records=records, columns=READING_COLUMNS)
+                status = await conn.execute(
+                    "INSERT INTO readings SELECT * FROM readings_stage ON CONFLICT DO NOTHING"
+                )
+                stored = int(status.rsplit(" ", 1)[-1])
+            if batch.rejections:
+                await conn.copy_records_to_table(
+                    "dead_letters",
+                    records=[
+                        (ward, j.received_ms, j.topic, j.reason, j.detail, j.payload, j.payload_size)  # type: ignore[attr-defined]
+                        for j in batch.rejections
+                    ],
+                    columns=DEAD_LETTER_COLUMNS,
+                )
+            if batch.admitted:
+                await conn.execute(
+                    "INSERT INTO patients (ward, patient_id) SELECT $1, unnest($2::text[])"
+                    " ON CONFLICT DO NOTHING",
+                    ward, batch.admitted,
+                )
+        m = self.metrics
+        m.inc("monitorme_stored_total", stored)
+        m.inc("monitorme_duplicates_total", len(records) - stored, caught="database")
+        m.inc("monitorme_dead_letters_stored_total", len(batch.rejections))
+        m.inc("monitorme_store_batches_total")
+        m.inc("monitorme_store_batch_rows_sum", len(records))
+        m.inc("monitorme_store_seconds_sum", time.perf_counter() - started)
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            try:
+                async with asyncio.timeout(5):
+                    await self._conn.close()
+            except (TimeoutError, *_TRANSIENT):
+                self._conn.terminate()
+            self._conn = None

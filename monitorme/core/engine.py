@@ -1,0 +1,116 @@
+"""The core's one entry point: feed a batch of raw messages, get back what to store and count."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from monitorme.core.decode import DecodeLimits, decode_reading
+from monitorme.core.definitions import PipelineRegistry
+from monitorme.core.model import Outputs, PatientId, RawMessage, Rejection
+from monitorme.errors import InputError
+
+_DEDUP_MEMORY = 256  # per (patient, vital): redeliveries arrive within seconds, not hours
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Settings of the core that do not change while it runs."""
+
+    ward: str
+    limits: DecodeLimits = DecodeLimits()
+    dead_letter_bytes: int = 4096  # payload kept per rejection, enough to see what was wrong
+
+
+class _RecentKeys:
+    """A bounded set of the most recent reading identities of one (patient, vital)."""
+
+    __slots__ = ("order", "seen")
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[int, str]] = set()
+        self.order: deque[tuple[int, str]] = deque()
+
+    def add(self, key: tuple[int, str]) -> bool:
+        """Remember ``key``; False if it was already there (a duplicate)."""
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        self.order.append(key)
+        if len(self.order) > _DEDUP_MEMORY:
+            self.seen.discard(self.order.popleft())
+        return True
+
+
+class Engine:
+    """Owns per-patient state; pure and synchronous, so tests drive it directly.
+
+    >>> from monitorme.core.definitions import PipelineRegistry, parse_pipeline
+    >>> reg = PipelineRegistry([parse_pipeline('vital="spo2"\\nvalue="number"\\nunit="%"\\n'
+    ...                                        'period_s=5\\nrange=[0,100]', "spo2.toml")])
+    >>> engine = Engine(EngineConfig("w1"), reg)
+    >>> msg = RawMessage("monitorme/w1/p1/spo2", b'{"ts": 1000, "value": 97}', 1000)
+    >>> out = engine.handle([msg, msg], now_ms=1000)
+    >>> (len(out.readings), out.duplicates, out.admitted)
+    (1, 1, ['p1'])
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        registry: PipelineRegistry,
+        known_patients: Iterable[str] = (),
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self._known: set[str] = set(known_patients)
+        self._recent: dict[tuple[PatientId, str], _RecentKeys] = {}
+
+    @property
+    def patients(self) -> frozenset[str]:
+        return frozenset(self._known)
+
+    def handle(self, messages: Iterable[RawMessage], now_ms: int) -> Outputs:
+        """Decode, validate and de-duplicate a batch; never raises for bad input."""
+        out = Outputs()
+        ward = self.config.ward
+        registry = self.registry
+        limits = self.config.limits
+        recent = self._recent
+        for message in messages:
+            try:
+                reading = decode_reading(message, ward, registry, now_ms, limits)
+            except InputError as exc:
+                out.rejections.append(self._reject(message, exc))
+                continue
+            key = (reading.patient, reading.vital)
+            keys = recent.get(key)
+            if keys is None:
+                keys = recent[key] = _RecentKeys()
+            if not keys.add((reading.ts_ms, reading.dedup_key)):
+                out.duplicates += 1
+                continue
+            if reading.patient not in self._known:
+                self._known.add(reading.patient)
+                out.admitted.append(reading.patient)
+            out.readings.append(reading)
+        return out
+
+    def _reject(self, message: RawMessage, exc: InputError) -> Rejection:
+        keep = self.config.dead_letter_bytes
+        return Rejection(
+            topic=message.topic[:512],
+            reason=exc.reason,
+            detail=exc.detail,
+            payload=message.payload[:keep],
+            payload_size=len(message.payload),
+            received_ms=message.received_ms,
+        )
+
+    def evict(self, patient: str) -> None:
+        """Forget a discharged patient's state."""
+        self._known.discard(patient)
+        for key in [k for k in self._recent if k[0] == patient]:
+            del self._recent[key]
+

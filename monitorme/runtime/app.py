@@ -1,0 +1,187 @@
+"""Composition root: build every part from Settings, run them in one TaskGroup, shut down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from contextlib import AsyncExitStack
+from typing import Self
+from urllib.parse import urlsplit
+
+import asyncpg
+from aiohttp import web
+
+from monitorme.adapters import partitions
+from monitorme.adapters.migrations import apply_migrations
+from monitorme.adapters.mqtt_source import MqttSettings, MqttSource
+from monitorme.adapters.pg_reader import PgReader, create_pool
+from monitorme.adapters.pg_writer import PgWriter, WriterConfig
+from monitorme.config import Settings, load_pipelines
+from monitorme.core.decode import DecodeLimits
+from monitorme.core.engine import Engine, EngineConfig
+from monitorme.errors import ConfigError, StoreError
+from monitorme.metrics import Metrics
+from monitorme.runtime.processor import Processor
+from monitorme.web.app import create_app
+from monitorme.web.auth import TokenBook
+
+log = logging.getLogger(__name__)
+_HOUR_S = 3600
+_SHUTDOWN_DEADLINE_S = 20.0
+
+
+async def check_reachable(settings: Settings) -> None:
+    """Fail at start, with the key named, when the broker or database cannot be reached."""
+    from monitorme.adapters.mqtt_source import parse_mqtt_url
+
+    broker = parse_mqtt_url(settings.mqtt_url)
+    try:
+        async with asyncio.timeout(5):
+            _reader, writer = await asyncio.open_connection(broker.host, broker.port)
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError("mqtt.url", f"cannot reach {broker.host}:{broker.port}: {exc or 'timeout'}") from None
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=5)
+        await conn.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError, socket.gaierror) as exc:
+        where = urlsplit(settings.database_url).hostname or "local socket"
+        raise ConfigError("database.url", f"cannot connect to {where}: {exc}") from None
+
+
+class Daemon:
+    """One ward's daemon. ``async with Daemon(settings) as d: await d.run_until(stop)``."""
+
+    def __init__(self, settings: Settings, *, insecure_no_auth: bool = False) -> None:
+        self.settings = settings
+        self.registry = load_pipelines(settings.pipelines_dir or None)
+        if settings.http_tokens:
+            self.tokens: TokenBook | None = TokenBook.from_file(settings.http_tokens)
+        elif insecure_no_auth:
+            self.tokens = None
+        else:
+            raise ConfigError("MONITORME_TOKENS", "no token file; give one, or --insecure-no-auth")
+        self.metrics = Metrics()
+        self._stack = AsyncExitStack()
+        self.http_port = 0
+
+    async def __aenter__(self) -> Self:
+        s = self.settings
+        await check_reachable(s)
+        try:
+            applied = await apply_migrations(s.database_url)
+        except StoreError as exc:
+            raise ConfigError("database.url", str(exc)) from None
+        if applied:
+            log.info("migrations_applied", extra={"versions": applied})
+        self.pool = await create_pool(s.database_url)
+        self._stack.push_async_callback(self._close_pool)
+        self.reader = PgReader(self.pool, s.ward, self.registry)
+        known = [p.patient for p in await self.reader.patients()]
+        async with self.pool.acquire() as conn:
+            await partitions.upkeep(conn, _now_ms(), s.database_retention_hours * _HOUR_S * 1000,
+                                    s.database_partitions_ahead_hours)
+        self.engine = Engine(
+            EngineConfig(s.ward, DecodeLimits(s.ingest_max_payload_bytes, s.ingest_max_future_s * 1000,
+                                              s.database_retention_hours * _HOUR_S * 1000)),
+            self.registry, known,
+        )
+        self.source = MqttSource(
+            MqttSettings(url=s.mqtt_url, ward=s.ward, client_id=s.client_id, protocol=s.mqtt_protocol,
+                         qos=s.mqtt_qos, receive_maximum=s.mqtt_receive_maximum,
+                         session_expiry_s=s.mqtt_session_expiry_s, ca_file=s.mqtt_ca or None),
+            self.metrics,
+        )
+        self.writer = PgWriter(
+            WriterConfig(ward=s.ward, dsn=s.database_url, batch_rows=s.database_batch_rows,
+                         flush_ms=s.database_flush_ms),
+            self.metrics, on_durable=self.source.ack,
+        )
+        self._stack.push_async_callback(self.writer.aclose)
+        self.processor = Processor(self.source, self.engine, self.writer, self.metrics,
+                                   batch_max=s.ingest_batch_max)
+        app = create_app(self.reader, self.metrics, self.tokens, self.readiness)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._stack.push_async_callback(self._runner.cleanup)
+        host, port = s.http_host_port
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError("http.listen", f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        self.http_port = self._runner.addresses[0][1] if self._runner.addresses else port
+        log.info("http_listening", extra={"host": host, "port": self.http_port})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _close_pool(self) -> None:
+        try:
+            async with asyncio.timeout(5):
+                await self.pool.close()
+        except TimeoutError:
+            self.pool.terminate()
+
+    def readiness(self) -> dict[str, bool]:
+        return {"broker": self.source.connected, "database": self.writer.connected or self._db_recent()}
+
+    def _db_recent(self) -> bool:
+        return _now_ms() - self.writer.last_commit_ms < 10_000
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Run until ``stop``; then drain in data order: intake, writes and acks, broker, web."""
+        intake_stop = asyncio.Event()
+        writer_stop = asyncio.Event()
+        source_stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.source.run(source_stop), name="monitorme.mqtt_source")
+            processing = tg.create_task(self.processor.run(intake_stop), name="monitorme.processor")
+            writing = tg.create_task(self.writer.run(writer_stop), name="monitorme.pg_writer")
+            upkeep = tg.create_task(self._retention(), name="monitorme.retention")
+            await stop.wait()
+            log.info("shutdown_started")
+            upkeep.cancel()
+            intake_stop.set()
+            self.source.arrived.set()
+            try:
+                async with asyncio.timeout(_SHUTDOWN_DEADLINE_S):
+                    await processing
+                    writer_stop.set()
+                    await writing
+                    await self.source.drain_acks()
+            except TimeoutError:
+                log.error("shutdown_deadline_passed", extra={"pending_rows": self.writer.pending_rows})
+                processing.cancel()
+                writing.cancel()
+            source_stop.set()
+        log.info("shutdown_done", extra={"stored": int(self.metrics.total("monitorme_stored_total"))})
+
+    async def _retention(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(300)  # hourly partitions: a few passes an hour keep them ahead
+            try:
+                async with self.pool.acquire(timeout=10) as conn:
+                    await partitions.upkeep(conn, _now_ms(), s.database_retention_hours * _HOUR_S * 1000,
+                                            s.database_partitions_ahead_hours)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("retention_failed", extra={"error": repr(exc)})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def run_forever(settings: Settings, *, insecure_no_auth: bool = False) -> None:
+    """``monitorme run``: until SIGTERM/SIGINT, then a graceful shutdown."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Daemon(settings, insecure_no_auth=insecure_no_auth) as daemon:
+        await daemon.run_until(stop)

@@ -1,0 +1,154 @@
+"""REST handlers: patients, history, health, readiness and metrics (CONTRACT.md §5)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from monitorme.adapters.pg_reader import PgReader, TooManyReadings
+from monitorme.core.decode import ID_PATTERN
+from monitorme.metrics import Metrics
+from monitorme.web.auth import Principal, Role
+
+READER = web.AppKey("reader", PgReader)
+METRICS = web.AppKey("metrics", Metrics)
+READY = web.AppKey("ready", Callable[[], dict[str, bool]])
+PRINCIPAL = "principal"  # request key set by the auth middleware
+_DAY_MS = 86_400_000
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status, content_type="application/json",
+    )
+
+
+def error(status: int, reason: str, detail: str) -> web.HTTPException:
+    """An HTTP error with a JSON body ``{"error": reason, "detail": ...}``."""
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
+           404: web.HTTPNotFound, 413: web.HTTPRequestEntityTooLarge, 503: web.HTTPServiceUnavailable}[status]
+    body = orjson.dumps({"error": reason, "detail": detail})
+    if cls is web.HTTPRequestEntityTooLarge:
+        return web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, body=body, content_type="application/json")
+    return cls(body=body, content_type="application/json")
+
+
+def parse_time(text: str, name: str) -> int:
+    """Epoch ms, or an RFC 3339 string with offset, from a query parameter."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise error(400, "bad_time", f"{name} must be epoch ms or RFC 3339, got {text[:40]!r}") from None
+    if parsed.tzinfo is None:
+        raise error(400, "bad_time", f"{name} needs a UTC offset")
+    return round(parsed.timestamp() * 1000)
+
+
+def principal(request: web.Request) -> Principal:
+    found: Principal = request[PRINCIPAL]
+    return found
+
+
+def check_patient_id(patient: str) -> None:
+    if not ID_PATTERN.match(patient):
+        raise error(400, "bad_patient", f"patient id must match {ID_PATTERN.pattern}")
+
+
+async def visible_patient(request: web.Request, patient: str) -> None:
+    """404 for unknown patients, 403 for a station token looking at another station's."""
+    check_patient_id(patient)
+    who = principal(request)
+    row = await request.app[READER].patient(patient)
+    if row is None:
+        raise error(404, "unknown_patient", f"no patient {patient!r} in this ward")
+    if not who.may_see_station(row.station):
+        raise error(403, "forbidden", "this token's station does not watch that patient")
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    parts = request.app[READY]()
+    return json_response({"ready": all(parts.values()), **parts}, status=200 if all(parts.values()) else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[METRICS].render(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def list_patients(request: web.Request) -> web.Response:
+    who = principal(request)
+    reader = request.app[READER]
+    rows = await reader.patients(station=who.station if who.role is Role.STATION else None)
+    return json_response({"patients": [r.as_json() for r in rows]})
+
+
+async def put_patient(request: web.Request) -> web.Response:
+    who = principal(request)
+    if who.role is not Role.ADMIN:
+        raise error(403, "forbidden", "only admin tokens may admit or move patients")
+    patient = request.match_info["patient"]
+    check_patient_id(patient)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise error(400, "not_json", "body must be a JSON object") from None
+    if not isinstance(body, dict) or set(body) - {"station", "bed", "thresholds"}:
+        raise error(400, "bad_body", "body is an object with station, bed, thresholds")
+    station, bed, thresholds = body.get("station"), body.get("bed"), body.get("thresholds")
+    for name, value in (("station", station), ("bed", bed)):
+        if value is not None and (not isinstance(value, str) or not ID_PATTERN.match(value)):
+            raise error(400, "bad_body", f"{name} must be a string matching {ID_PATTERN.pattern}")
+    if thresholds is not None and not isinstance(thresholds, dict):
+        raise error(400, "bad_body", "thresholds must be an object")
+    row = await request.app[READER].put_patient(patient, station, bed, thresholds)
+    return json_response(row.as_json())
+
+
+async def history(request: web.Request) -> web.Response:
+    patient = request.match_info["patient"]
+    await visible_patient(request, patient)
+    reader = request.app[READER]
+    q = request.query
+    now = int(time.time() * 1000)
+    to_ms = parse_time(q["to"], "to") if "to" in q else now
+    from_ms = parse_time(q["from"], "from") if "from" in q else to_ms - _DAY_MS
+    if from_ms > to_ms:
+        raise error(400, "bad_time", "from is after to")
+    max_points = None
+    if "max_points" in q:
+        if not q["max_points"].isdigit() or not 2 <= int(q["max_points"]) <= 100_000:
+            raise error(400, "bad_max_points", "max_points must be an integer in 2..100000")
+        max_points = int(q["max_points"])
+    vital = q.get("vital")
+    try:
+        if vital is not None:
+            if vital not in reader.registry:
+                raise error(400, "unknown_vital", f"vital must be one of {', '.join(reader.registry.vitals)}")
+            readings = await reader.history(patient, vital, from_ms, to_ms, max_points)
+            return json_response({"patient": patient, "vital": vital, "readings": readings})
+        vitals = {v: await reader.history(patient, v, from_ms, to_ms, max_points) for v in reader.registry.vitals}
+    except TooManyReadings as exc:
+        raise error(413, "too_many_readings",
+                    f"{exc.count} readings in that range; narrow it or pass max_points") from None
+    return json_response({"patient": patient, "vitals": {v: r for v, r in vitals.items() if r}})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/patients", list_patients)
+    app.router.add_put("/api/patients/{patient}", put_patient)
+    app.router.add_get("/api/patients/{patient}/history", history)

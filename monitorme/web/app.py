@@ -1,0 +1,52 @@
+"""The aiohttp application: routes, bearer-token middleware and the typed app keys."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from monitorme.adapters.pg_reader import PgReader
+from monitorme.metrics import Metrics
+from monitorme.web import api
+from monitorme.web.auth import NO_AUTH, TokenBook
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def auth_middleware(tokens: TokenBook | None, metrics: Metrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """401 without a known token, except on the public health paths; the token is never logged."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        if tokens is None:
+            request[api.PRINCIPAL] = NO_AUTH
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
+        who = tokens.lookup(token) if token else None
+        if who is None:
+            metrics.inc("monitorme_http_auth_failures_total")
+            raise api.error(401, "unauthorized", "a valid bearer token is required")
+        request[api.PRINCIPAL] = who
+        return await handler(request)
+
+    return middleware
+
+
+def create_app(
+    reader: PgReader,
+    metrics: Metrics,
+    tokens: TokenBook | None,
+    ready: Callable[[], dict[str, bool]],
+) -> web.Application:
+    """Build the web app. ``tokens=None`` means ``--insecure-no-auth``."""
+    app = web.Application(middlewares=[auth_middleware(tokens, metrics)], client_max_size=1 << 20)
+    app[api.READER] = reader
+    app[api.METRICS] = metrics
+    app[api.READY] = ready
+    api.add_routes(app)
+    return app
