@@ -181,7 +181,9 @@ class MqttSource:
     async def run(self, stop: asyncio.Event) -> None:
         """Stay subscribed until ``stop``; reconnect with jittered, capped backoff."""
         attempt = 0
-        topic = f"monitorme/{self.settings.ward}/+/+"
+        # '#' rather than '+/+': a device publishing to a malformed deeper topic is
+        # then rejected and dead-lettered as bad_topic instead of vanishing unseen.
+        topic = f"monitorme/{self.settings.ward}/#"
         while not stop.is_set():
             client = self._make_client()
             try:

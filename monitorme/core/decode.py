@@ -214,8 +214,9 @@ def decode_reading(
     if seq is not None and type(seq) is not int:
         raise DecodeError("wrong_type", f"seq must be an integer, got {quote(seq)}")
     device = doc.get("device")
-    if device is not None and not isinstance(device, str):
-        raise DecodeError("wrong_type", f"device must be a string, got {quote(device)}")
+    if device is not None and (not isinstance(device, str) or len(device) > 128 or "\x00" in device):
+        # PostgreSQL text cannot hold NUL; one such row would poison a whole COPY batch.
+        raise DecodeError("wrong_type", f"device must be a string of at most 128 characters, got {quote(device)}")
     return Reading(patient, vital, ts_ms, value, device, seq, message.received_ms)
 
 

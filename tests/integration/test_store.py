@@ -1,0 +1,161 @@
+"""PostgreSQL side for real: migrations, partitions, de-duplicating batched writes, acks after commit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import numpy as np
+import orjson
+import pytest
+
+from monitorme.adapters import partitions
+from monitorme.adapters.migrations import apply_migrations
+from monitorme.adapters.pg_codecs import init_connection
+from monitorme.adapters.pg_writer import PgWriter, WriterConfig
+from monitorme.config import load_pipelines
+from monitorme.core.engine import Engine, EngineConfig
+from monitorme.core.model import RawMessage
+from monitorme.metrics import Metrics
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+HOUR = partitions.HOUR_MS
+REG = load_pipelines()
+
+
+def now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn)
+    await init_connection(conn)
+    return conn
+
+
+async def test_migrations_apply_once_even_when_two_daemons_race(pg_dsn: str) -> None:
+    # pg_dsn is already migrated from the template; two more concurrent runs must change nothing.
+    first, second = await asyncio.gather(apply_migrations(pg_dsn), apply_migrations(pg_dsn))
+    assert first == [] and second == []
+    conn = await connect(pg_dsn)
+    try:
+        versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")]
+        assert versions == ["0001_readings"]
+    finally:
+        await conn.close()
+
+
+async def test_fresh_database_migrates_concurrently(pg_dsn: str) -> None:
+    conn = await connect(pg_dsn)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await conn.close()
+    results = await asyncio.gather(*(apply_migrations(pg_dsn) for _ in range(3)))
+    assert sorted(map(len, results)) == [0, 0, 1]
+
+
+async def test_partitions_are_made_ahead_and_dropped_whole(pg_dsn: str) -> None:
+    conn = await connect(pg_dsn)
+    try:
+        now = now_ms()
+        await partitions.upkeep(conn, now, retention_ms=24 * HOUR, ahead_hours=3)
+        hours = await partitions.existing_hours(conn)
+        assert {now // HOUR + 3, now // HOUR, (now - 24 * HOUR) // HOUR} <= hours
+        # a row in the oldest partition, then time moves on two hours
+        old_ts = (now - 24 * HOUR) // HOUR * HOUR
+        await conn.execute(
+            "INSERT INTO readings (ward, patient_id, vital, ts, num, received_at) VALUES ('w','p','spo2',$1,97,$1)",
+            old_ts,
+        )
+        dropped = await partitions.drop_expired(conn, now + 2 * HOUR, retention_ms=24 * HOUR)
+        assert partitions.partition_name(old_ts // HOUR) in dropped
+        assert await conn.fetchval("SELECT count(*) FROM readings") == 0
+        assert min(await partitions.existing_hours(conn)) > old_ts // HOUR
+    finally:
+        await conn.close()
+
+
+def raw(patient: str, vital: str, doc: dict[str, object]) -> RawMessage:
+    return RawMessage(f"monitorme/w1/{patient}/{vital}", orjson.dumps(doc), now_ms(), ack=(patient, doc["ts"]))
+
+
+async def write_all(dsn: str, batches: list[list[RawMessage]], metrics: Metrics | None = None) -> list[object]:
+    """Run messages through a fresh engine and writer; return the acks in the order reported."""
+    metrics = metrics or Metrics()
+    acked: list[object] = []
+    writer = PgWriter(WriterConfig("w1", dsn, flush_ms=20), metrics, on_durable=acked.extend)
+    engine = Engine(EngineConfig("w1"), REG)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    for batch in batches:
+        writer.submit(engine.handle(batch, now_ms()), [m.ack for m in batch])
+        await asyncio.sleep(0.03)
+    stop.set()
+    await task
+    await writer.aclose()
+    return acked
+
+
+async def test_writer_stores_every_vital_and_acks_only_after_commit(pg_dsn: str) -> None:
+    t = now_ms() - 60_000
+    samples = [round(0.01 * i, 2) for i in range(250)]
+    batch = [
+        raw("p1", "heart_rate", {"ts": t, "value": 71}),
+        raw("p1", "blood_pressure", {"ts": t, "value": {"systolic": 121, "diastolic": 79}}),
+        raw("p1", "ecg", {"ts": t, "value": {"hz": 250, "samples": samples}}),
+        raw("p1", "sleep", {"ts": t, "value": "awake"}),
+        raw("p2", "temperature", {"ts": t, "value": 99.5, "unit": "F"}),
+        RawMessage("monitorme/w1/p2/spo2", b"{oops", now_ms(), ack=("bad", 0)),
+    ]
+    acked = await write_all(pg_dsn, [batch])
+    assert acked == [m.ack for m in batch]  # all of them, in receipt order, rejected one included
+    conn = await connect(pg_dsn)
+    try:
+        rows = {r["vital"]: r for r in await conn.fetch("SELECT * FROM readings")}
+        assert rows["heart_rate"]["num"] == 71 and rows["heart_rate"]["ts"] == t
+        assert orjson.loads(rows["blood_pressure"]["doc"]) == {"systolic": 121, "diastolic": 79}
+        assert orjson.loads(rows["ecg"]["doc"]) == {"hz": 250.0}
+        assert np.allclose(np.frombuffer(rows["ecg"]["wave"], "<f4"), samples, atol=1e-6)
+        assert len(rows["ecg"]["wave"]) == 4 * 250  # one row, packed, per chunk
+        assert rows["temperature"]["num"] == pytest.approx(37.5)
+        letters = await conn.fetch("SELECT reason, payload, topic FROM dead_letters")
+        assert [(r["reason"], r["payload"], r["topic"]) for r in letters] == [("not_json", b"{oops", "monitorme/w1/p2/spo2")]
+        patients = {r["patient_id"] for r in await conn.fetch("SELECT patient_id FROM patients")}
+        assert patients == {"p1", "p2"}
+    finally:
+        await conn.close()
+
+
+async def test_redelivery_after_a_restart_is_stored_once(pg_dsn: str) -> None:
+    t = now_ms() - 10_000
+    batch = [raw("p1", "heart_rate", {"ts": t + i, "value": 70, "seq": i, "device": "d"}) for i in range(100)]
+    batch += [raw("p1", "spo2", {"ts": t + i, "value": 97}) for i in range(50)]
+    await write_all(pg_dsn, [batch])
+    metrics = Metrics()
+    # a new engine knows nothing: the database's unique index catches the redelivery
+    await write_all(pg_dsn, [batch[:75], batch[75:]], metrics)
+    conn = await connect(pg_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM readings") == 150
+    finally:
+        await conn.close()
+    assert metrics.get("monitorme_duplicates_total", caught="database") == 150
+    assert metrics.get("monitorme_stored_total") == 0
+
+
+async def test_a_reading_for_an_hour_without_partition_gets_one(pg_dsn: str) -> None:
+    conn = await connect(pg_dsn)
+    try:
+        await conn.execute("DROP TABLE IF EXISTS " + partitions.partition_name(now_ms() // HOUR - 5))
+    finally:
+        await conn.close()
+    t = now_ms() - 5 * HOUR
+    await write_all(pg_dsn, [[raw("p1", "heart_rate", {"ts": t, "value": 60})]])
+    conn = await connect(pg_dsn)
+    try:
+        assert await conn.fetchval("SELECT num FROM readings WHERE ts = $1", t) == 60
+    finally:
+        await conn.close()

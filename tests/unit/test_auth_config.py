@@ -1,0 +1,95 @@
+"""Token file and settings: roles, scopes, constant-time lookup; config errors name the key."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from monitorme.config import load_settings
+from monitorme.errors import ConfigError
+from monitorme.metrics import Metrics
+from monitorme.web.auth import Role, TokenBook
+
+TOKENS = """
+[[token]]
+token = "s1-secret"
+role = "station"
+station = "s1"
+
+[[token]]
+sha256 = "%s"
+role = "clinician"
+
+[[token]]
+token = "admin-secret"
+role = "admin"
+""" % hashlib.sha256(b"clinician-secret").hexdigest()
+
+
+def test_tokens_map_to_roles_and_stations() -> None:
+    book = TokenBook.from_toml(TOKENS)
+    station = book.lookup("s1-secret")
+    assert station is not None and station.role is Role.STATION and station.station == "s1"
+    assert station.may_see_station("s1") and not station.may_see_station("s2")
+    assert not station.may_see_station(None)  # unassigned patients are for clinicians only
+    clinician = book.lookup("clinician-secret")
+    assert clinician is not None and clinician.role is Role.CLINICIAN and clinician.may_see_station("s9")
+    assert book.lookup("admin-secret").role is Role.ADMIN  # type: ignore[union-attr]
+    assert book.lookup("s1-secre") is None and book.lookup("") is None
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[[token]]\ntoken = "abcdefgh"\nrole = "station"', "station"),
+    ('[[token]]\ntoken = "abcdefgh"\nrole = "nurse"', "role"),
+    ('[[token]]\ntoken = "short"\nrole = "admin"', "token"),
+    ('[[token]]\nsha256 = "xyz"\nrole = "admin"', "sha256"),
+    ('[[token]]\ntoken = "abcdefgh"\nsha256 = "00"\nrole = "admin"', "token[1]"),
+    ('[[tokens]]\ntoken = "abcdefgh"', "tokens"),
+])
+def test_bad_token_files_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TokenBook.from_toml(text, "tokens.toml")
+    assert key in str(info.value)
+
+
+def test_env_wins_over_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "ward.toml"
+    cfg.write_text('ward = "w7"\n[mqtt]\nurl = "mqtt://broker:1883"\n[database]\nflush_ms = 20\n')
+    s = load_settings(str(cfg), env={"MONITORME_MQTT_URL": "mqtts://user:pw@other:8883"})
+    assert (s.ward, s.mqtt_url, s.database_flush_ms, s.client_id) == ("w7", "mqtts://user:pw@other:8883", 20, "monitorme-w7")
+
+
+@pytest.mark.parametrize(("toml", "env", "key"), [
+    ('[mqtt]\nurll = "x"', {}, "mqtt.urll"),
+    ("speed = 3", {}, "speed"),
+    ('[database]\nflush_ms = "soon"', {}, "database.flush_ms"),
+    ("[database]\nflush_ms = 500", {}, "database.flush_ms"),
+    ("", {"MONITORME_MQTT_URL": "http://x"}, "mqtt.url"),
+    ("", {"MONITORME_DATABASE_URL": "mysql://x"}, "database.url"),
+    ("", {"MONITORME_HTTP": "8080"}, "http.listen"),
+    ("", {"MONITORME_WARD": "w 1"}, "ward"),
+    ("", {"MONITORME_TOKENS": "/nonexistent/tokens.toml"}, "http.tokens"),
+    ("", {"MONITORME_MYMEDICALDATA_URL": "http://records"}, "mymedicaldata.url"),
+])
+def test_bad_config_names_the_key(tmp_path: Path, toml: str, env: dict[str, str], key: str) -> None:
+    cfg = tmp_path / "ward.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(cfg), env=env)
+    assert key in str(info.value)
+
+
+def test_metrics_render_prometheus_text() -> None:
+    m = Metrics()
+    m.describe("monitorme_rejected_total", "counter", "Inputs rejected, by reason.")
+    m.inc("monitorme_rejected_total", reason="not_json")
+    m.inc("monitorme_rejected_total", 2, reason='we"ird')
+    m.gauge("monitorme_buffered", lambda: 7)
+    text = m.render()
+    assert "# TYPE monitorme_rejected_total counter" in text
+    assert 'monitorme_rejected_total{reason="not_json"} 1' in text
+    assert 'monitorme_rejected_total{reason="we\\"ird"} 2' in text
+    assert "monitorme_buffered 7" in text
+    assert m.total("monitorme_rejected_total") == 3
