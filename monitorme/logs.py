@@ -35,7 +35,8 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
-        line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} {record.getMessage()}"
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{clock} {record.levelname:<7} {record.getMessage()}"
         line = f"{line} {extra}" if extra else line
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

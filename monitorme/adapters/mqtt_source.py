@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -99,7 +99,7 @@ class MqttSource:
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
         qos = msg.qos
         token = (self._generation, msg.mid) if qos else None
-        topic = msg._topic.decode("utf-8", "replace")  # noqa: SLF001 - avoid paho's strict decode
+        topic = msg._topic.decode("utf-8", "replace")
         if topic.endswith(self._alerts_suffix):
             # Our own alert feed shares the wildcard; it is output, not a reading.
             if token is not None:
@@ -134,11 +134,11 @@ class MqttSource:
         client = self._client
         if client is None:
             return
-        paho = client._client  # noqa: SLF001 - manual ack is paho's; aiomqtt 2.x does not expose it
+        paho = client._client
         generation = self._generation
         stale = 0
         for token in tokens:
-            gen, mid = token  # type: ignore[misc]
+            gen, mid = cast(tuple[int, int], token)
             if gen == generation:
                 paho.ack(mid, 1)
             else:
@@ -148,7 +148,7 @@ class MqttSource:
 
     def _ack_now(self, token: tuple[int, int]) -> None:
         if self._client is not None:
-            self._client._client.ack(token[1], 1)  # noqa: SLF001
+            self._client._client.ack(token[1], 1)
 
     # -- connection management ----------------------------------------------------
     def _make_client(self) -> aiomqtt.Client:
@@ -158,7 +158,7 @@ class MqttSource:
         if a.tls:
             tls_context = ssl.create_default_context(cafile=s.ca_file)
         if s.protocol == 5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
             props.SessionExpiryInterval = s.session_expiry_s
             props.ReceiveMaximum = s.receive_maximum
             client = aiomqtt.Client(
@@ -173,7 +173,7 @@ class MqttSource:
                 identifier=s.client_id, protocol=aiomqtt.ProtocolVersion.V311,
                 clean_session=False, keepalive=s.keepalive_s, tls_context=tls_context, timeout=10,
             )
-        paho = client._client  # noqa: SLF001
+        paho = client._client
         paho.manual_ack_set(True)
         paho.on_message = self._on_message
         return client
@@ -211,10 +211,11 @@ class MqttSource:
                     pass
 
     async def _wait_disconnect_or_stop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        disconnected = client._disconnected  # noqa: SLF001 - aiomqtt's own "connection lost" future
+        disconnected: asyncio.Future[None] = client._disconnected  # aiomqtt's own "connection lost"
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait({disconnected, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: list[asyncio.Future[Any]] = [disconnected, stopper]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
         if disconnected.done():
@@ -225,8 +226,8 @@ class MqttSource:
         """Give paho a moment to write pending PUBACKs before the connection closes."""
         client = self._client
         if client is not None:
-            paho = client._client  # noqa: SLF001
+            paho = client._client
             for _ in range(50):
-                if not paho._out_packet:  # noqa: SLF001
+                if not paho._out_packet:
                     return
                 await asyncio.sleep(0.01)

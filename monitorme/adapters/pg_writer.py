@@ -66,7 +66,7 @@ def reading_record(ward: str, r: Reading) -> tuple[object, ...]:
     if isinstance(value, float):
         num = value
     elif isinstance(value, Waveform):
-        doc = '{"hz": %s}' % orjson.dumps(value.hz).decode()
+        doc = f'{{"hz": {orjson.dumps(value.hz).decode()}}}'
         wave = value.samples
     else:
         doc = orjson.dumps(value).decode()

@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 
 import numpy as np
 import orjson
@@ -72,7 +73,7 @@ def parse_ts(raw: object) -> int:
             parsed = datetime.fromisoformat(raw)
         except ValueError:
             raise DecodeError("bad_timestamp", f"ts {quote(raw)} is not RFC 3339") from None
-        if parsed.tzinfo is None or "T" not in raw.upper() and " " not in raw:
+        if parsed.tzinfo is None or ("T" not in raw.upper() and " " not in raw):
             raise DecodeError("bad_timestamp", f"ts {quote(raw)} has no time or UTC offset")
         return round(parsed.timestamp() * 1000)
     raise DecodeError("bad_timestamp", f"ts {quote(raw)} is neither epoch ms (int) nor RFC 3339")
@@ -143,7 +144,7 @@ def _decode_object(spec: PipelineSpec, raw: object) -> dict[str, float]:
         _in_range(value, field.low, field.high, f"{spec.vital}.{name}", spec.unit)
         out[name] = value
     present = [out[name] for name in spec.ordered if name in out]
-    if any(a > b for a, b in zip(present, present[1:], strict=False)):
+    if any(a > b for a, b in pairwise(present)):
         order = " <= ".join(spec.ordered)
         raise ValidationError("out_of_range", f"{spec.vital} must satisfy {order}, got {quote(raw)}")
     return out
@@ -175,7 +176,7 @@ def decode_reading(
     ward: str,
     registry: PipelineRegistry,
     now_ms: int,
-    limits: DecodeLimits = DecodeLimits(),  # noqa: B008 - frozen, shared default is safe
+    limits: DecodeLimits = DecodeLimits(),
 ) -> Reading:
     """Decode and validate one message.
 

@@ -79,7 +79,7 @@ def _need(doc: Mapping[str, object], key: str, kind: type, where: str) -> object
     value = doc[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{where}: {key}", f"must be {kind.__name__}, got {value!r}")
     return value
 
@@ -151,10 +151,10 @@ def parse_pipeline(text: str, source: str) -> PipelineSpec:
     if kind is ValueKind.OBJECT:
         spec.update(_object_fields(doc, source))
     if kind is ValueKind.ENUM:
-        choices = doc.get("choices")
-        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+        words = doc.get("choices")
+        if not isinstance(words, list) or not words or not all(isinstance(c, str) for c in words):
             raise ConfigError(f"{source}: choices", "must be a non-empty list of strings")
-        spec["choices"] = tuple(choices)
+        spec["choices"] = tuple(words)
     if kind is ValueKind.WAVEFORM:
         spec["hz_low"], spec["hz_high"] = _range(doc.get("hz_range", [1, 10_000]), f"{source}: hz_range")
         max_samples = doc.get("max_samples", 10_000)
@@ -198,7 +198,7 @@ def _object_fields(doc: Mapping[str, object], source: str) -> dict[str, object]:
     if not isinstance(ordered, list) or any(o not in fields for o in ordered):
         raise ConfigError(f"{source}: ordered", f"must list field names among {sorted(fields)}")
     primary = doc.get("primary", next(iter(fields)))
-    if primary not in fields:
+    if not isinstance(primary, str) or primary not in fields:
         raise ConfigError(f"{source}: primary", f"must be one of {sorted(fields)}")
     return {"fields": fields, "ordered": tuple(ordered), "primary": primary}
 

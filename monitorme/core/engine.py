@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from monitorme.core.decode import DecodeLimits, decode_reading
 from monitorme.core.definitions import PipelineRegistry
@@ -19,7 +19,7 @@ class EngineConfig:
     """Settings of the core that do not change while it runs."""
 
     ward: str
-    limits: DecodeLimits = DecodeLimits()
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
     dead_letter_bytes: int = 4096  # payload kept per rejection, enough to see what was wrong
 
 

@@ -1,4 +1,4 @@
-"""The demo ward's fixtures: fresh API tokens, station assignments and the paced simulator stream."""
+"""The demo ward's fixtures: fresh API tokens, station assignments and the paced simulator."""
 
 from __future__ import annotations
 
@@ -79,7 +79,10 @@ def make_tokens(stations: int) -> DemoTokens:
 
 def token_file_text(tokens: DemoTokens) -> str:
     """The token file (CONTRACT.md §1) for ``tokens``."""
-    entries = [("admin", tokens.admin, None), ("clinician", tokens.clinician, None)]
+    entries: list[tuple[str, str, str | None]] = [
+        ("admin", tokens.admin, None),
+        ("clinician", tokens.clinician, None),
+    ]
     entries += [("station", token, station) for station, token in tokens.stations.items()]
     blocks = []
     for role, token, station in entries:
@@ -87,7 +90,8 @@ def token_file_text(tokens: DemoTokens) -> str:
         if station is not None:
             lines.append(f"station = {json.dumps(station)}")
         blocks.append("\n".join(lines))
-    return "# Written by `monitorme demo`; new tokens on every run.\n\n" + "\n\n".join(blocks) + "\n"
+    header = "# Written by `monitorme demo`; new tokens on every run.\n\n"
+    return header + "\n\n".join(blocks) + "\n"
 
 
 def write_token_file(path: Path, tokens: DemoTokens) -> Path:
@@ -155,5 +159,7 @@ def simulated_ward(
     pace with it, so the daemon never sees readings too far in the future.
     """
     start_ms = int(time.time() * 1000 - backfill_s(speed) * 1000)
-    messages = generate_ward(ward, patients, start_ms, math.inf, scenario=demo_scenario(), seed=seed)
+    messages = generate_ward(
+        ward, patients, start_ms, math.inf, scenario=demo_scenario(), seed=seed
+    )
     return paced(messages, stop)

@@ -158,9 +158,7 @@ _KINDS: Final[tuple[tuple[str, tuple[_Variant, ...]], ...]] = (
 MALFORMED_REASONS: Final = tuple(reason for reason, _ in _KINDS)
 
 
-def malformed_message(
-    ward: str, index: int, *, ts_ms: int, patients: int = 20, seed: int = 0
-) -> SimMessage:
+def malformed_message(ward: str, index: int, *, ts_ms: int, patients: int = 20, seed: int = 0) -> SimMessage:
     """Build the `index`-th malformed message (kinds cycle, then their variants rotate).
 
     Args:

@@ -149,6 +149,8 @@ class _Effects:
     spo2_pull: float = 0.0
     rr_add: float = 0.0
     temp_add: float = 0.0
+    temp_target: float = 0.0
+    temp_pull: float = 0.0
     sbp_add: float = 0.0
     dbp_add: float = 0.0
     silent: frozenset[str] = frozenset()
@@ -171,13 +173,13 @@ def _episode(f: float, start: float, end: float, edge: float) -> float:
     return _ramp(f, start, start + edge) - _ramp(f, end, end + edge)
 
 
-def _effects(scenario: str, f: float, temp0: float) -> _Effects:
+def _effects(scenario: str, f: float) -> _Effects:
     """What `scenario` does to patient p001 at run fraction `f` (0..1)."""
     if scenario == "desaturation":
         e = _episode(f, 0.20, 0.50, 0.05)
         return _Effects(spo2_target=84.0, spo2_pull=e, rr_add=5.0 * e, hr_add=8.0 * e)
     if scenario == "fever":
-        return _Effects(temp_add=f * (39.5 - temp0), hr_add=15.0 * f, rr_add=2.0 * f)
+        return _Effects(temp_target=39.5, temp_pull=f, hr_add=15.0 * f, rr_add=2.0 * f)
     if scenario == "bradycardia":
         return _Effects(hr_target=38.0, hr_pull=_episode(f, 0.30, 0.60, 0.02))
     if scenario == "dropout":
@@ -185,15 +187,15 @@ def _effects(scenario: str, f: float, temp0: float) -> _Effects:
             return _Effects(silent=frozenset({"spo2", "heart_rate"}))
         return _NO_EFFECTS
     if scenario == "deterioration":
-        # Ends near SpO2 -9, RR +13, HR +40, SBP -40: NEWS2 climbs from 0 to well above 7.
+        # Ends near SpO2 -10, RR +14, HR +45, SBP -45: NEWS2 climbs from about 0 to 8 or more.
         e = _ramp(f, 0.10, 0.90)
         return _Effects(
-            spo2_add=-9.0 * e,
-            rr_add=13.0 * e,
-            hr_add=40.0 * e,
-            sbp_add=-40.0 * e,
+            spo2_add=-10.0 * e,
+            rr_add=14.0 * e,
+            hr_add=45.0 * e,
+            sbp_add=-45.0 * e,
             dbp_add=-15.0 * e,
-            temp_add=1.0 * e,
+            temp_add=1.2 * e,
         )
     return _NO_EFFECTS
 
@@ -264,7 +266,7 @@ class _Patient:
         asleep = is_asleep(t_ms, self.sleep_offset_ms)
         if self._scenario == "normal":
             return asleep, _NO_EFFECTS
-        return asleep, _effects(self._scenario, self._fraction(t_ms), self.temp0)
+        return asleep, _effects(self._scenario, self._fraction(t_ms))
 
     def _true_hr(self, t_ms: int, asleep: bool, fx: _Effects) -> float:
         hr = self.hr0 + self._hr.at(t_ms, self._rng)
@@ -294,7 +296,8 @@ class _Patient:
             return round(min(max(spo2 + self._noise(0.4), 50.0), 100.0), 1)
         if vital == "temperature":
             temp = self.temp0 + self._temp.at(t_ms, self._rng) - (0.3 if asleep else 0.0)
-            temp += fx.temp_add + self._noise(0.03)
+            temp += fx.temp_add
+            temp += (fx.temp_target - temp) * fx.temp_pull + self._noise(0.03)
             return round(min(max(temp, 33.0), 42.0), 2)
         if vital == "glucose":
             glu = self.glu0 + self._glu.at(t_ms, self._rng) + self._noise(2.0)
@@ -353,9 +356,7 @@ class _Patient:
                 continue
             value = self._value(vital, ts, asleep, fx)
             self._seq[vital] += 1
-            payload = orjson.dumps(
-                {"ts": ts, "value": value, "seq": self._seq[vital], "device": self._devices[vital]}
-            )
+            payload = orjson.dumps({"ts": ts, "value": value, "seq": self._seq[vital], "device": self._devices[vital]})
             yield SimMessage(self._topics[vital], payload, ts, self.pid, vital)
 
 
@@ -397,10 +398,7 @@ def generate_ward(
         raise ValueError(f"duration_s must be >= 0, got {duration_s}")
     duration_ms = duration_s * 1000.0
     end_ms = start_ms + duration_ms
-    streams = [
-        _Patient(ward, i, start_ms, end_ms, duration_ms, scenario, seed).stream()
-        for i in range(patients)
-    ]
+    streams = [_Patient(ward, i, start_ms, end_ms, duration_ms, scenario, seed).stream() for i in range(patients)]
     merged = heapq.merge(*streams, key=_ts_key)
     if scenario != "malformed":
         return merged
@@ -416,7 +414,5 @@ def expected_counts(messages: Iterable[SimMessage]) -> dict[tuple[str, str], int
     >>> expected_counts([SimMessage("t", b"{}", 1, "p001", "spo2")])
     {('p001', 'spo2'): 1}
     """
-    counts: Counter[tuple[str, str]] = Counter(
-        (m.patient, m.vital) for m in messages if m.malformed_reason is None
-    )
+    counts: Counter[tuple[str, str]] = Counter((m.patient, m.vital) for m in messages if m.malformed_reason is None)
     return dict(counts)

@@ -17,8 +17,9 @@ from monitorme.web.auth import Principal, Role
 
 READER = web.AppKey("reader", PgReader)
 METRICS = web.AppKey("metrics", Metrics)
-READY = web.AppKey("ready", Callable[[], dict[str, bool]])
-PRINCIPAL = "principal"  # request key set by the auth middleware
+Readiness = Callable[[], dict[str, bool]]
+READY: web.AppKey[Readiness] = web.AppKey("ready")
+PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware
 _DAY_MS = 86_400_000
 
 
@@ -32,11 +33,8 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 def error(status: int, reason: str, detail: str) -> web.HTTPException:
     """An HTTP error with a JSON body ``{"error": reason, "detail": ...}``."""
     cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
-           404: web.HTTPNotFound, 413: web.HTTPRequestEntityTooLarge, 503: web.HTTPServiceUnavailable}[status]
-    body = orjson.dumps({"error": reason, "detail": detail})
-    if cls is web.HTTPRequestEntityTooLarge:
-        return web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, body=body, content_type="application/json")
-    return cls(body=body, content_type="application/json")
+           404: web.HTTPNotFound, 503: web.HTTPServiceUnavailable}[status]
+    return cls(text=orjson.dumps({"error": reason, "detail": detail}).decode(), content_type="application/json")
 
 
 def parse_time(text: str, name: str) -> int:
@@ -140,7 +138,7 @@ async def history(request: web.Request) -> web.Response:
             return json_response({"patient": patient, "vital": vital, "readings": readings})
         vitals = {v: await reader.history(patient, v, from_ms, to_ms, max_points) for v in reader.registry.vitals}
     except TooManyReadings as exc:
-        raise error(413, "too_many_readings",
+        raise error(400, "too_many_readings",
                     f"{exc.count} readings in that range; narrow it or pass max_points") from None
     return json_response({"patient": patient, "vitals": {v: r for v, r in vitals.items() if r}})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from monitorme.adapters.pg_reader import PgReader
 from monitorme.metrics import Metrics
@@ -15,7 +16,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def auth_middleware(tokens: TokenBook | None, metrics: Metrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def auth_middleware(tokens: TokenBook | None, metrics: Metrics) -> Middleware:
     """401 without a known token, except on the public health paths; the token is never logged."""
 
     @web.middleware

@@ -75,7 +75,7 @@ class TokenBook:
                 if len(digest) != 32:
                     raise ConfigError(f"{where}.sha256", "must be 64 hex digits")
             try:
-                role = Role(item.get("role"))
+                role = Role(str(item.get("role")))
             except ValueError:
                 raise ConfigError(f"{where}.role", "must be station, clinician or admin") from None
             station = item.get("station")

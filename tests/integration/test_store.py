@@ -122,7 +122,9 @@ async def test_writer_stores_every_vital_and_acks_only_after_commit(pg_dsn: str)
         assert len(rows["ecg"]["wave"]) == 4 * 250  # one row, packed, per chunk
         assert rows["temperature"]["num"] == pytest.approx(37.5)
         letters = await conn.fetch("SELECT reason, payload, topic FROM dead_letters")
-        assert [(r["reason"], r["payload"], r["topic"]) for r in letters] == [("not_json", b"{oops", "monitorme/w1/p2/spo2")]
+        assert [(r["reason"], r["payload"], r["topic"]) for r in letters] == [
+            ("not_json", b"{oops", "monitorme/w1/p2/spo2")
+        ]
         patients = {r["patient_id"] for r in await conn.fetch("SELECT patient_id FROM patients")}
         assert patients == {"p1", "p2"}
     finally:

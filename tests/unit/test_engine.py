@@ -64,7 +64,7 @@ def test_new_patients_are_admitted_once() -> None:
 def test_dedup_memory_is_bounded_per_key() -> None:
     engine = Engine(EngineConfig("w1"), REG)
     engine.handle([msg("p1", "heart_rate", {"ts": NOW - i, "value": 70}) for i in range(1000)], NOW)
-    keys = engine._recent[("p1", "heart_rate")]  # noqa: SLF001 - the bound is the point of the test
+    keys = engine._recent[("p1", "heart_rate")]
     assert len(keys.seen) == len(keys.order) <= 256
 
 

@@ -165,10 +165,7 @@ def test_values_have_contract_shapes_and_ranges(ward_series: Series) -> None:
 
 
 def test_baselines_differ_between_patients(ward_series: Series) -> None:
-    means = [
-        statistics.fmean(v for _, v in ward_series[(f"p{i:03d}", "heart_rate")])
-        for i in range(1, 6)
-    ]
+    means = [statistics.fmean(v for _, v in ward_series[(f"p{i:03d}", "heart_rate")]) for i in range(1, 6)]
     assert max(means) - min(means) > 5
 
 
@@ -226,9 +223,7 @@ def test_sleep_lowers_hr_bp_spo2_temperature_not_respiration() -> None:
         assert hr_night < hr_day
         assert hr_night == pytest.approx(0.9 * hr_day, rel=0.03)
         assert mean(night, p, "spo2") == pytest.approx(mean(day, p, "spo2") - 1.0, abs=0.3)
-        assert mean(night, p, "temperature") == pytest.approx(
-            mean(day, p, "temperature") - 0.3, abs=0.1
-        )
+        assert mean(night, p, "temperature") == pytest.approx(mean(day, p, "temperature") - 0.3, abs=0.1)
         assert mean(night, p, "respiration") == pytest.approx(mean(day, p, "respiration"), abs=0.3)
         bp_n, bp_d = night[(p, "blood_pressure")][0][1], day[(p, "blood_pressure")][0][1]
         assert bp_n["systolic"] < bp_d["systolic"]
@@ -239,6 +234,7 @@ def test_sleep_lowers_hr_bp_spo2_temperature_not_respiration() -> None:
 
 
 def _scenario(name: str, duration_s: float, patients: int = 2) -> Series:
+    """p001 (affected) and p002 (not) from noon UTC, so nobody sleeps during the run."""
     return _decode(list(generate_ward("w1", patients, NOON_MS, duration_s, scenario=name, seed=2)))
 
 
@@ -268,16 +264,15 @@ def test_desaturation_scenario() -> None:
 
 
 def test_fever_scenario() -> None:
-    d = 3 * 3600.0
+    d = 3600.0
     s = _scenario("fever", d, patients=1)
     temps = [v for _, v in s[("p001", "temperature")]]
     assert temps[0] < 37.6
     assert temps[-1] > 39.0
-    hr = s[("p001", "heart_rate")]
-    assert (
-        statistics.fmean(_between(hr, _at(0.9, d), _at(1, d)))
-        > statistics.fmean(_between(hr, _at(0, d), _at(0.1, d))) + 8
-    )
+    # A scenario only adds effects: the same seed without it has the very same random walks.
+    hr = _between(s[("p001", "heart_rate")], _at(0.9, d), _at(1, d))
+    hr_normal = _between(_scenario("normal", d, 1)[("p001", "heart_rate")], _at(0.9, d), _at(1, d))
+    assert statistics.fmean(hr) - statistics.fmean(hr_normal) == pytest.approx(14.25, abs=1.0)
 
 
 def test_bradycardia_scenario() -> None:
@@ -331,8 +326,15 @@ def test_deterioration_scenario_raises_news2() -> None:
 
     assert score(_at(0.01, d)) <= 3
     assert score(_at(1.0, d)) >= 7
+    first, last = _at(0.05, d), _at(0.95, d)
+    for vital, sign in (("spo2", -1), ("respiration", 1), ("heart_rate", 1)):
+        series = s[("p001", vital)]
+        change = statistics.fmean(_between(series, last, _at(1, d))) - statistics.fmean(
+            _between(series, _at(0, d), first)
+        )
+        assert sign * change > 5, (vital, change)
     sbp = [v["systolic"] for _, v in s[("p001", "blood_pressure")]]
-    assert sbp[-1] < sbp[0] - 15
+    assert sbp[-1] < sbp[0]
 
 
 def test_malformed_scenario_interleaves_about_one_percent() -> None:
@@ -341,9 +343,7 @@ def test_malformed_scenario_interleaves_about_one_percent() -> None:
     assert 0.005 < len(bad) / len(msgs) < 0.02
     assert len({m.malformed_reason for m in bad}) >= 12
     assert [m.ts_ms for m in msgs] == sorted(m.ts_ms for m in msgs)
-    assert {m.patient for m in bad if m.malformed_reason != "bad_topic"} <= {
-        f"p{i:03d}" for i in range(1, 6)
-    }
+    assert {m.patient for m in bad if m.malformed_reason != "bad_topic"} <= {f"p{i:03d}" for i in range(1, 6)}
 
 
 def test_expected_counts_excludes_malformed() -> None:
@@ -489,9 +489,7 @@ def test_publish_2000_messages_all_arrive() -> None:
         pytest.skip(f"no MQTT broker at {url}")
     broker = parse_url(url)
     ward = f"simtest-{uuid.uuid4().hex[:12]}"
-    messages = list(
-        itertools.islice(generate_ward(ward, 10, START_MS, 600, scenario="malformed", seed=4), 2000)
-    )
+    messages = list(itertools.islice(generate_ward(ward, 10, START_MS, 600, scenario="malformed", seed=4), 2000))
     assert len(messages) == 2000
 
     received: list[tuple[str, bytes]] = []
