@@ -20,7 +20,7 @@ import orjson
 
 from monitorme.adapters import partitions
 from monitorme.adapters.pg_codecs import init_connection
-from monitorme.core.model import Outputs, Reading, Waveform
+from monitorme.core.model import Outputs, Reading, Rejection, Waveform
 from monitorme.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,17 @@ class WriterConfig:
 @dataclass(slots=True)
 class _Pending:
     readings: list[Reading] = field(default_factory=list)
-    rejections: list[object] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
     admitted: list[str] = field(default_factory=list)
     acks: list[object] = field(default_factory=list)
     rows: int = 0
     since: float = 0.0
+
+
+def _describe(r: Reading) -> bytes:
+    """The reading as JSON, for a dead letter of a row the database refused."""
+    value = {"hz": r.value.hz, "samples": r.value.count} if isinstance(r.value, Waveform) else r.value
+    return orjson.dumps({"ts": r.ts_ms, "value": value, "device": r.device, "seq": r.seq})[:4096]
 
 
 def reading_record(ward: str, r: Reading) -> tuple[object, ...]:
@@ -176,9 +182,52 @@ class PgWriter:
                 log.warning("store_retry", extra={"attempt": attempt, "error": repr(exc), "delay_s": round(delay, 2)})
                 self.metrics.inc("monitorme_store_retries_total")
                 await asyncio.sleep(delay)
+            except asyncpg.PostgresError:
+                # Not the link: the database refuses something in this batch. Find the rows it
+                # refuses so that one bad reading cannot stall the whole ward; keep them as
+                # dead letters and store the rest.
+                log.error("store_batch_refused", exc_info=True, extra={"rows": len(batch.readings)})
+                self.metrics.inc("monitorme_store_refused_batches_total")
+                refused = await self._refused_readings(batch)
+                if not refused:  # nothing row-specific: back off as for an outage, then retry
+                    attempt += 1
+                    await asyncio.sleep(random.uniform(0, min(self.config.retry_max_s, 0.1 * 2**attempt)))
+                    continue
+                keep = [r for i, r in enumerate(batch.readings) if i not in refused]
+                batch.rejections.extend(
+                    Rejection(
+                        topic=f"monitorme/{self.config.ward}/{r.patient}/{r.vital}", reason="store_refused",
+                        detail=refused[i], payload=_describe(r), payload_size=0, received_ms=r.received_ms,
+                    )
+                    for i, r in enumerate(batch.readings) if i in refused
+                )
+                batch.readings = keep
         self.last_commit_ms = int(time.time() * 1000)
         if batch.acks:
             self.on_durable(batch.acks)
+
+    async def _refused_readings(self, batch: _Pending) -> dict[int, str]:
+        """Try each reading alone in a savepoint, all rolled back; return index -> error of those refused."""
+        conn = await self._connection()
+        refused: dict[int, str] = {}
+        insert = (
+            f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9,"
+            " $10, $11) ON CONFLICT DO NOTHING"
+        )
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            for i, reading in enumerate(batch.readings):
+                try:
+                    async with conn.transaction():
+                        await conn.execute(insert, *reading_record(self.config.ward, reading))
+                except asyncpg.PostgresError as exc:
+                    if isinstance(exc, _TRANSIENT):
+                        raise
+                    refused[i] = f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            await tx.rollback()
+        return refused
 
     def _drop_connection(self) -> None:
         self.connected = False
@@ -219,7 +268,7 @@ class PgWriter:
                 await conn.copy_records_to_table(
                     "dead_letters",
                     records=[
-                        (ward, j.received_ms, j.topic, j.reason, j.detail, j.payload, j.payload_size)  # type: ignore[attr-defined]
+                        (ward, j.received_ms, j.topic, j.reason, j.detail, j.payload, j.payload_size)
                         for j in batch.rejections
                     ],
                     columns=DEAD_LETTER_COLUMNS,

@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser(
         "simulate",
         help="publish a simulated ward's vitals over MQTT",
-        description=("Publish realistic vitals for a ward of simulated patients. Scenarios act on patient p001."),
+        description="Publish realistic vitals for a ward of simulated patients. Scenarios act on patient p001.",
     )
     p.add_argument("--ward", required=True, help="ward id used in the topics")
     p.add_argument("--patients", type=_positive_int, default=20, help="patients (default 20)")

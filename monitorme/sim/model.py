@@ -22,6 +22,7 @@ __all__ = [
     "SimMessage",
     "expected_counts",
     "generate_ward",
+    "is_asleep",
     "patient_ids",
 ]
 

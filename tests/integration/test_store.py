@@ -161,3 +161,35 @@ async def test_a_reading_for_an_hour_without_partition_gets_one(pg_dsn: str) -> 
         assert await conn.fetchval("SELECT num FROM readings WHERE ts = $1", t) == 60
     finally:
         await conn.close()
+
+
+async def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored(pg_dsn: str) -> None:
+    # A real refusal, no mock: a trigger that rejects one patient's rows.
+    conn = await connect(pg_dsn)
+    try:
+        await conn.execute("""
+            CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.patient_id = 'poison' THEN RAISE EXCEPTION 'refused by test trigger'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_poison BEFORE INSERT ON readings FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+        """)
+    finally:
+        await conn.close()
+    t = now_ms() - 1_000
+    batch = [raw(p, "heart_rate", {"ts": t, "value": 70}) for p in ("p1", "poison", "p2")]
+    metrics = Metrics()
+    acked = await write_all(pg_dsn, [batch], metrics)
+    assert acked == [m.ack for m in batch]
+    conn = await connect(pg_dsn)
+    try:
+        assert sorted(r["patient_id"] for r in await conn.fetch("SELECT patient_id FROM readings")) == ["p1", "p2"]
+        letter = await conn.fetchrow("SELECT reason, topic, detail, payload FROM dead_letters")
+        assert letter["reason"] == "store_refused"
+        assert letter["topic"] == "monitorme/w1/poison/heart_rate"
+        assert "refused by test trigger" in letter["detail"]
+        assert orjson.loads(letter["payload"])["value"] == 70
+    finally:
+        await conn.close()
+    assert metrics.get("monitorme_store_refused_batches_total") == 1
