@@ -50,6 +50,7 @@ _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 _REST_TIMEOUT_S: Final = 10.0
 # How long the simulator waits for the broker's last acknowledgements when stopping.
 _SIM_ACK_TIMEOUT_S: Final = 10.0
+_SUBSCRIBE_TIMEOUT_S: Final = 60.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -140,6 +141,17 @@ def _run_with(
     stop_requested: threading.Event,
     on_signal: Callable[[int, FrameType | None], None],
 ) -> int:
+    # Check the user's MONITORME_* settings (and --ward) before starting anything.
+    listen = os.environ.get("MONITORME_HTTP") or _default_listen()
+    _settings(
+        ward=args.ward,
+        mqtt_url="mqtt://127.0.0.1:1883",
+        mqtt_protocol=5,
+        database_url=f"postgresql://postgres@127.0.0.1:5432/{DATABASE}",
+        tokens=None,
+        listen=listen,
+        env=os.environ,
+    )
     data_dir = _data_dir(args.data_dir, stack)
     if stop_requested.is_set():
         return 0
@@ -160,6 +172,7 @@ def _run_with(
         mqtt_protocol=5 if isinstance(broker, MosquittoBroker) else 4,  # amqtt: MQTT 3.1.1 only
         database_url=with_database(pg.dsn, DATABASE),
         tokens=token_file,
+        listen=listen,
         env=os.environ,
     )
     demo = _Demo(
@@ -199,7 +212,8 @@ def _settings(
     mqtt_url: str,
     mqtt_protocol: int,
     database_url: str,
-    tokens: Path,
+    tokens: Path | None,
+    listen: str,
     env: Mapping[str, str],
 ) -> Settings:
     """The daemon's settings: the user's ``MONITORME_*`` env with the demo's services swapped in."""
@@ -209,10 +223,12 @@ def _settings(
             "MONITORME_WARD": ward,
             "MONITORME_MQTT_URL": mqtt_url,
             "MONITORME_DATABASE_URL": database_url,
-            "MONITORME_TOKENS": str(tokens),
-            "MONITORME_HTTP": env.get("MONITORME_HTTP") or _default_listen(),
+            "MONITORME_HTTP": listen,
         }
     )
+    merged.pop("MONITORME_TOKENS", None)
+    if tokens is not None:
+        merged["MONITORME_TOKENS"] = str(tokens)
     return dataclasses.replace(load_settings(None, merged), mqtt_protocol=mqtt_protocol)
 
 
@@ -288,19 +304,21 @@ class _Demo:
             code = 0
             try:
                 base = f"http://{_url_host(self.settings.http_host_port[0])}:{daemon.http_port}"
-                if stop.is_set():
-                    return 0  # the finally block below stops the daemon
-                await self._assign(base)
-                sim_task = asyncio.create_task(
-                    asyncio.to_thread(self._simulate, sim_stop), name="demo.simulator"
-                )
-                print(self._banner(base), flush=True)
-                stop_task = asyncio.create_task(stop.wait(), name="demo.stop")
-                await asyncio.wait(
-                    {stop_task, daemon_task, sim_task}, return_when=asyncio.FIRST_COMPLETED
-                )
-                stop_task.cancel()
-                if daemon_task.done() or sim_task.done():
+                if not stop.is_set():
+                    await self._assign(base)
+                    # Readings published before the daemon's first subscription would be lost.
+                    await _wait_subscribed(daemon.readiness, stop, daemon_task)
+                if not stop.is_set() and not daemon_task.done():
+                    sim_task = asyncio.create_task(
+                        asyncio.to_thread(self._simulate, sim_stop), name="demo.simulator"
+                    )
+                    print(self._banner(base), flush=True)
+                    stop_task = asyncio.create_task(stop.wait(), name="demo.stop")
+                    await asyncio.wait(
+                        {stop_task, daemon_task, sim_task}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    stop_task.cancel()
+                if not stop.is_set():
                     log.error("demo_part_ended_early")
                     code = 1
             except Exception:
@@ -386,6 +404,21 @@ class _Demo:
             "Press Ctrl-C to stop.",
         ]
         return "\n".join(lines)
+
+
+async def _wait_subscribed(
+    readiness: Callable[[], dict[str, bool]], stop: asyncio.Event, daemon_task: asyncio.Task[Any]
+) -> None:
+    """Wait until the daemon has subscribed to the broker (or stops, or a minute passes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _SUBSCRIBE_TIMEOUT_S
+    while not readiness()["broker"]:
+        if stop.is_set() or daemon_task.done():
+            return
+        if loop.time() > deadline:
+            log.warning("demo_daemon_not_subscribed", extra={"waited_s": _SUBSCRIBE_TIMEOUT_S})
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _finished(task: asyncio.Task[Any], name: str) -> bool:

@@ -373,6 +373,9 @@ class MosquittoBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Its own session: a terminal's Ctrl-C must reach only us, so the broker is
+                # still there while the daemon sends its last acknowledgements.
+                start_new_session=True,
             )
         self._proc = proc
         if not _wait_until(
