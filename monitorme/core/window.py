@@ -80,10 +80,8 @@ class Series:
 
     def _make_room(self) -> None:
         live = self._end - self._start
-        if self._start and live <= len(self._ts) // 2:
-            size = len(self._ts)  # compacting frees enough
-        else:
-            size = len(self._ts) * 2
+        # compacting frees enough when the evicted prefix is at least half; else grow
+        size = len(self._ts) if self._start and live <= len(self._ts) // 2 else len(self._ts) * 2
         ts = np.empty(size, dtype=np.int64)
         values = np.empty(size, dtype=np.float64)
         ts[:live] = self._ts[self._start : self._end]
