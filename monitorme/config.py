@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from monitorme.core.definitions import PipelineRegistry
+from monitorme.core.ruleset import RuleSet
 from monitorme.errors import ConfigError
 
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
@@ -38,6 +39,10 @@ class Settings:
     ingest_max_future_s: int = 300
     ingest_max_payload_bytes: int = 65_536
     ingest_batch_max: int = 5_000
+    analysis_lateness_s: int = 60
+    alarms_escalate_high_s: int = 60
+    alarms_escalate_medium_s: int = 300
+    alarms_remind_s: int = 120
     pipelines_dir: str = ""  # default: the pipelines shipped with the package
     rules_dir: str = ""
     mymedicaldata_url: str = ""
@@ -65,6 +70,7 @@ ENV_KEYS = {
     "MONITORME_MYMEDICALDATA_TOKEN": "mymedicaldata_token",
     "MONITORME_MYMEDICALDATA_CA": "mymedicaldata_ca",
     "MONITORME_PIPELINES": "pipelines_dir",
+    "MONITORME_RULES": "rules_dir",
     "MONITORME_LOG_FORMAT": "log_format",
     "MONITORME_LOG_LEVEL": "log_level",
 }
@@ -166,7 +172,8 @@ def _check(s: Settings) -> None:
     if s.log_format not in ("auto", "json", "console"):
         raise ConfigError("log.format", "must be auto, json or console")
     for key, path in (("http.tokens", s.http_tokens), ("mqtt.ca", s.mqtt_ca),
-                      ("mymedicaldata.ca", s.mymedicaldata_ca), ("pipelines.dir", s.pipelines_dir)):
+                      ("mymedicaldata.ca", s.mymedicaldata_ca), ("pipelines.dir", s.pipelines_dir),
+                      ("rules.dir", s.rules_dir)):
         if path and not Path(path).exists():
             raise ConfigError(key, f"{path} does not exist")
 
@@ -190,3 +197,14 @@ def load_pipelines(directory: str | Path | None = None) -> PipelineRegistry:
     if not files:
         raise ConfigError("pipelines.dir", f"no *.toml files in {root}")
     return PipelineRegistry.from_texts({f"pipelines/{f.name}": f.read_text(encoding="utf-8") for f in files})
+
+
+def load_rules(registry: PipelineRegistry, directory: str | Path | None = None) -> RuleSet:
+    """Read every ``*.toml`` in the rules directory, checked against the pipelines.
+
+    Raises:
+        ConfigError: naming the file, the rule and the problem.
+    """
+    root = Path(directory) if directory else data_dir("rules")
+    texts = {f"rules/{f.name}": f.read_text(encoding="utf-8") for f in sorted(root.glob("*.toml"))}
+    return RuleSet.from_texts(texts, registry)

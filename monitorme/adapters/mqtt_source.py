@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from monitorme.core.model import RawMessage
 from monitorme.errors import ConfigError
@@ -113,6 +114,11 @@ class MqttSource:
         self._buffer.append(RawMessage(topic, msg.payload, int(time.time() * 1000), token))
         self.arrived.set()
 
+    @property
+    def client(self) -> aiomqtt.Client | None:
+        """The connected client, for publishing on the same connection (None while away)."""
+        return self._client if self.connected else None
+
     def __len__(self) -> int:
         return len(self._buffer)
 
@@ -190,7 +196,12 @@ class MqttSource:
                 async with client:
                     self._generation += 1
                     self._client = client
-                    await client.subscribe(topic, qos=self.settings.qos)
+                    if self.settings.protocol == 5:
+                        # no_local: our own alert publications do not come back to us
+                        options = SubscribeOptions(qos=self.settings.qos, noLocal=True)
+                        await client.subscribe(topic, options=options)
+                    else:
+                        await client.subscribe(topic, qos=self.settings.qos)
                     self.connected = True
                     attempt = 0
                     log.info("mqtt_connected", extra={"host": self.address.host, "port": self.address.port})

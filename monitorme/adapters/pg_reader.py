@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 
 from monitorme.adapters.pg_codecs import init_connection
+from monitorme.core.alerts import Alert, alert_from_json
 from monitorme.core.definitions import PipelineRegistry, ValueKind
 from monitorme.core.downsample import change_points, minmax_indices
 
@@ -94,6 +95,34 @@ class PgReader:
             station is not None, bed is not None,
         )
         return _patient(row)
+
+    async def open_alerts(self) -> list[Alert]:
+        """Alerts not yet resolved, for a warm restart."""
+        rows = await self.pool.fetch("SELECT doc FROM alerts WHERE ward = $1 AND state <> 'resolved'", self.ward)
+        return [alert_from_json(orjson.loads(r["doc"])) for r in rows]
+
+    async def alerts(self, *, patient: str | None, state: str | None, station: str | None,
+                     limit: int = 1000) -> list[dict[str, Any]]:
+        """Alerts newest first; ``state=open`` means not resolved; ``station`` scopes by the patients' station now."""
+        where: list[str] = ["a.ward = $1"]
+        args: list[object] = [self.ward]
+        if patient is not None:
+            args.append(patient)
+            where.append(f"a.patient_id = ${len(args)}")
+        if state == "open":
+            where.append("a.state <> 'resolved'")
+        elif state is not None:
+            args.append(state)
+            where.append(f"a.state = ${len(args)}")
+        if station is not None:
+            args.append(station)
+            where.append(f"p.station = ${len(args)}")
+        args.append(limit)
+        rows = await self.pool.fetch(
+            "SELECT a.doc FROM alerts a LEFT JOIN patients p ON p.ward = a.ward AND p.patient_id = a.patient_id"
+            f" WHERE {' AND '.join(where)} ORDER BY a.raised_ts DESC, a.id LIMIT ${len(args)}", *args,
+        )
+        return [orjson.loads(r["doc"]) for r in rows]
 
     async def history(self, patient: str, vital: str, from_ms: int, to_ms: int,
                       max_points: int | None) -> list[dict[str, Any]]:

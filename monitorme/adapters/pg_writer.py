@@ -20,6 +20,7 @@ import orjson
 
 from monitorme.adapters import partitions
 from monitorme.adapters.pg_codecs import init_connection
+from monitorme.core.alerts import Alert
 from monitorme.core.model import Outputs, Reading, Rejection, Waveform
 from monitorme.metrics import Metrics
 
@@ -52,6 +53,7 @@ class _Pending:
     readings: list[Reading] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     admitted: list[str] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
     acks: list[object] = field(default_factory=list)
     rows: int = 0
     since: float = 0.0
@@ -115,12 +117,13 @@ class PgWriter:
     def submit(self, outputs: Outputs, acks: Sequence[object]) -> None:
         """Queue one engine output and the acks of the messages that produced it."""
         p = self._pending
-        n = len(outputs.readings) + len(outputs.rejections) + len(outputs.admitted)
+        n = len(outputs.readings) + len(outputs.rejections) + len(outputs.admitted) + len(outputs.alerts)
         if p.rows == 0 and not p.acks:
             p.since = time.monotonic()
         p.readings.extend(outputs.readings)
         p.rejections.extend(outputs.rejections)
         p.admitted.extend(outputs.admitted)
+        p.alerts.extend(outputs.alerts)
         p.acks.extend(acks)
         p.rows += n
         if n or acks:
@@ -279,6 +282,8 @@ class PgWriter:
                     " ON CONFLICT DO NOTHING",
                     ward, batch.admitted,
                 )
+            if batch.alerts:
+                await self._write_alerts(conn, batch.alerts)
         m = self.metrics
         m.inc("monitorme_stored_total", stored)
         m.inc("monitorme_duplicates_total", len(records) - stored, caught="database")
@@ -286,6 +291,26 @@ class PgWriter:
         m.inc("monitorme_store_batches_total")
         m.inc("monitorme_store_batch_rows_sum", len(records))
         m.inc("monitorme_store_seconds_sum", time.perf_counter() - started)
+
+    @staticmethod
+    async def _write_alerts(conn: asyncpg.Connection, alerts: list[Alert]) -> None:
+        """Upsert each alert's current state (last change wins) and append every change."""
+        docs = [orjson.dumps(a.as_json()).decode() for a in alerts]
+        latest = {a.id: (a, d) for a, d in zip(alerts, docs, strict=True)}
+        await conn.executemany(
+            "INSERT INTO alerts (id, ward, patient_id, station, rule, vital, kind, priority, state, raised_ts, ts, doc)"
+            " VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)"
+            " ON CONFLICT (id) DO UPDATE SET station = EXCLUDED.station, priority = EXCLUDED.priority,"
+            " state = EXCLUDED.state, ts = EXCLUDED.ts, doc = EXCLUDED.doc, updated_at = now()",
+            [(a.id, a.ward, a.patient, a.station, a.rule, a.vital, a.kind.value, a.priority.value, a.state.value,
+              a.raised_ts, a.ts, d) for a, d in latest.values()],
+        )
+        await conn.copy_records_to_table(
+            "alert_events",
+            records=[(a.id, a.ward, a.patient, a.state.value, a.priority.value, a.ts, d)
+                     for a, d in zip(alerts, docs, strict=True)],
+            columns=("alert_id", "ward", "patient_id", "state", "priority", "ts", "doc"),
+        )
 
     async def aclose(self) -> None:
         if self._conn is not None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from monitorme.core.alerts import AlarmPolicy, Alert
+from monitorme.core.analysis import AnalysisOutputs, Analyzer
 from monitorme.core.decode import DecodeLimits, decode_reading
 from monitorme.core.definitions import PipelineRegistry
 from monitorme.core.model import Outputs, PatientId, RawMessage, Rejection
+from monitorme.core.ruleset import RuleSet
 from monitorme.errors import InputError
 
 _DEDUP_MEMORY = 256  # per (patient, vital): redeliveries arrive within seconds, not hours
@@ -21,6 +24,8 @@ class EngineConfig:
     ward: str
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     dead_letter_bytes: int = 4096  # payload kept per rejection, enough to see what was wrong
+    lateness_ms: int = 60_000  # a reading further behind its channel's newest moves no window
+    policy: AlarmPolicy = field(default_factory=AlarmPolicy)
 
 
 class _RecentKeys:
@@ -61,11 +66,13 @@ class Engine:
         config: EngineConfig,
         registry: PipelineRegistry,
         known_patients: Iterable[str] = (),
+        rules: RuleSet | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self._known: set[str] = set(known_patients)
         self._recent: dict[tuple[PatientId, str], _RecentKeys] = {}
+        self.analyzer = Analyzer(config.ward, rules or RuleSet((), registry), config.policy, config.lateness_ms)
 
     @property
     def patients(self) -> frozenset[str]:
@@ -95,7 +102,38 @@ class Engine:
                 self._known.add(reading.patient)
                 out.admitted.append(reading.patient)
             out.readings.append(reading)
+        self._carry(out, lambda a: self.analyzer.on_readings(out.readings, now_ms, a))
         return out
+
+    def tick(self, now_ms: int) -> Outputs:
+        """Wall-clock work: no-data alerts, escalation and reminders."""
+        out = Outputs()
+        self._carry(out, lambda a: self.analyzer.tick(now_ms, a))
+        return out
+
+    def acknowledge(self, alert_id: str, by: str) -> tuple[Alert | None, Outputs]:
+        """Acknowledge an open alert; the changed alert (or None) and what to send out."""
+        out = Outputs()
+        found: list[Alert | None] = []
+        self._carry(out, lambda a: found.append(self.analyzer.acknowledge(alert_id, by, a)))
+        return found[0], out
+
+    def set_patient(self, patient: str, station: str | None, thresholds: dict[str, dict[str, object]] | None) -> None:
+        """Apply an admission, a move or new per-patient thresholds at once."""
+        self._known.add(patient)
+        self.analyzer.set_patient(patient, station, thresholds)
+
+    def reload_rules(self, rules: RuleSet) -> None:
+        self.analyzer.reload(rules)
+
+    @staticmethod
+    def _carry(out: Outputs, run: Callable[[AnalysisOutputs], object]) -> None:
+        analysis = AnalysisOutputs()
+        run(analysis)
+        out.alerts.extend(analysis.alerts)
+        out.scores.extend(analysis.scores)
+        out.late += analysis.late
+        out.faults.extend(analysis.faults)
 
     def _reject(self, message: RawMessage, exc: InputError) -> Rejection:
         keep = self.config.dead_letter_bytes
@@ -111,6 +149,7 @@ class Engine:
     def evict(self, patient: str) -> None:
         """Forget a discharged patient's state."""
         self._known.discard(patient)
+        self.analyzer.evict(patient)
         for key in [k for k in self._recent if k[0] == patient]:
             del self._recent[key]
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import TYPE_CHECKING, NewType
+
+if TYPE_CHECKING:  # only for annotations: these modules import this one
+    from monitorme.core.alerts import Alert
+    from monitorme.core.analysis import Fault, ScoreUpdate
 
 PatientId = NewType("PatientId", str)
 WardId = NewType("WardId", str)
@@ -78,9 +82,17 @@ class Rejection:
 
 @dataclass(slots=True)
 class Outputs:
-    """What one engine call produced, for the sinks to carry out."""
+    """What one engine call produced, for the sinks to carry out.
+
+    ``alerts`` are alert state changes (``Alert`` values), ``scores`` NEWS2 changes,
+    ``faults`` analysis failures that were contained to one patient's vital.
+    """
 
     readings: list[Reading] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     duplicates: int = 0
     admitted: list[PatientId] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    scores: list[ScoreUpdate] = field(default_factory=list)
+    late: int = 0
+    faults: list[Fault] = field(default_factory=list)

@@ -16,12 +16,16 @@ from aiohttp import web
 
 from monitorme.adapters import partitions
 from monitorme.adapters.migrations import apply_migrations
+from monitorme.adapters.mqtt_alerts import MqttAlertPublisher
 from monitorme.adapters.mqtt_source import MqttSettings, MqttSource
 from monitorme.adapters.pg_reader import PgReader, create_pool
 from monitorme.adapters.pg_writer import PgWriter, WriterConfig
-from monitorme.config import Settings, load_pipelines
+from monitorme.config import Settings, load_pipelines, load_rules
+from monitorme.core.alerts import AlarmPolicy, Alert, Priority
 from monitorme.core.decode import DecodeLimits
 from monitorme.core.engine import Engine, EngineConfig
+from monitorme.core.model import Outputs
+from monitorme.core.rules import validate_overrides
 from monitorme.errors import ConfigError, StoreError
 from monitorme.metrics import Metrics
 from monitorme.runtime.processor import Processor
@@ -58,6 +62,7 @@ class Daemon:
     def __init__(self, settings: Settings, *, insecure_no_auth: bool = False) -> None:
         self.settings = settings
         self.registry = load_pipelines(settings.pipelines_dir or None)
+        self.rules = load_rules(self.registry, settings.rules_dir or None)
         if settings.http_tokens:
             self.tokens: TokenBook | None = TokenBook.from_file(settings.http_tokens)
         elif insecure_no_auth:
@@ -80,15 +85,26 @@ class Daemon:
         self.pool = await create_pool(s.database_url)
         self._stack.push_async_callback(self._close_pool)
         self.reader = PgReader(self.pool, s.ward, self.registry)
-        known = [p.patient for p in await self.reader.patients()]
+        patients = await self.reader.patients()
         async with self.pool.acquire() as conn:
             await partitions.upkeep(conn, _now_ms(), s.database_retention_hours * _HOUR_S * 1000,
                                     s.database_partitions_ahead_hours)
+        policy = AlarmPolicy(
+            escalate_after_s={Priority.HIGH: (float(s.alarms_escalate_high_s), 2.0 * s.alarms_escalate_high_s),
+                              Priority.MEDIUM: (float(s.alarms_escalate_medium_s),), Priority.LOW: ()},
+            remind_every_s=float(s.alarms_remind_s),
+        )
         self.engine = Engine(
             EngineConfig(s.ward, DecodeLimits(s.ingest_max_payload_bytes, s.ingest_max_future_s * 1000,
-                                              s.database_retention_hours * _HOUR_S * 1000)),
-            self.registry, known,
+                                              s.database_retention_hours * _HOUR_S * 1000),
+                         lateness_ms=s.analysis_lateness_s * 1000, policy=policy),
+            self.registry, [p.patient for p in patients], self.rules,
         )
+        # Warm start: stations, thresholds and open alerts, so nothing open is raised twice.
+        for p in patients:
+            self.engine.set_patient(p.patient, p.station, self._valid_thresholds(p.patient, p.thresholds))
+        for alert in await self.reader.open_alerts():
+            self.engine.analyzer.restore_alert(alert)
         self.source = MqttSource(
             MqttSettings(url=s.mqtt_url, ward=s.ward, client_id=s.client_id, protocol=s.mqtt_protocol,
                          qos=s.mqtt_qos, receive_maximum=s.mqtt_receive_maximum,
@@ -101,9 +117,10 @@ class Daemon:
             self.metrics, on_durable=self.source.ack,
         )
         self._stack.push_async_callback(self.writer.aclose)
-        self.processor = Processor(self.source, self.engine, self.writer, self.metrics,
+        self.alert_publisher = MqttAlertPublisher(self.source, s.ward, self.metrics)
+        self.processor = Processor(self.source, self.engine, self.writer, self.metrics, self.dispatch,
                                    batch_max=s.ingest_batch_max)
-        app = create_app(self.reader, self.metrics, self.tokens, self.readiness)
+        app = create_app(self.reader, self.metrics, self.tokens, self.readiness, self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._stack.push_async_callback(self._runner.cleanup)
@@ -127,6 +144,57 @@ class Daemon:
         except TimeoutError:
             self.pool.terminate()
 
+    def _valid_thresholds(self, patient: str, raw: dict[str, object]) -> dict[str, dict[str, object]] | None:
+        try:
+            return validate_overrides(self.rules.rules, raw)
+        except ConfigError as exc:  # rules changed since they were stored: keep the defaults, say so
+            log.error("stored_thresholds_invalid", extra={"patient": patient, "problem": str(exc)})
+            return None
+
+    # -- the one place outputs fan out to the sinks ---------------------------------
+    def dispatch(self, out: Outputs, acks: list[object]) -> None:
+        """Alerts go to MQTT at once (they do not wait for the database); everything is stored."""
+        if out.alerts:
+            self.alert_publisher.put(out.alerts)
+            for alert in out.alerts:
+                self.metrics.inc("monitorme_alert_changes_total", priority=alert.priority.value,
+                                 state=alert.state.value)
+        for fault in out.faults:
+            self.metrics.inc("monitorme_analysis_faults_total", vital=fault.vital)
+            log.error("analysis_fault", extra={"patient": fault.patient, "vital": fault.vital, "error": fault.error})
+        self.writer.submit(out, acks)
+
+    # -- commands from the web layer (same loop, no locks) ---------------------------
+    def acknowledge(self, alert_id: str, by: str) -> Alert | None:
+        alert, out = self.engine.acknowledge(alert_id, by)
+        self.dispatch(out, [])
+        return alert
+
+    def open_alerts(self, patient: str | None = None) -> list[Alert]:
+        return self.engine.analyzer.open_alerts(patient)
+
+    def patient_station(self, patient: str) -> str | None:
+        ps = self.engine.analyzer.patients.get(patient)
+        return ps.station if ps is not None else None
+
+    def validate_thresholds(self, raw: dict[str, object]) -> dict[str, dict[str, object]]:
+        return validate_overrides(self.rules.rules, raw)
+
+    def patient_changed(self, patient: str, station: str | None, thresholds: dict[str, object]) -> None:
+        self.engine.set_patient(patient, station, validate_overrides(self.rules.rules, thresholds))
+
+    def reload_rules(self) -> None:
+        """SIGHUP: re-read rules/; a bad file keeps the rules in force (and says why)."""
+        try:
+            rules = load_rules(self.registry, self.settings.rules_dir or None)
+        except ConfigError as exc:
+            log.error("rules_reload_failed", extra={"problem": str(exc)})
+            self.metrics.inc("monitorme_rules_reload_failures_total")
+            return
+        self.rules = rules
+        self.engine.reload_rules(rules)
+        log.info("rules_reloaded", extra={"rules": len(rules.rules)})
+
     def readiness(self) -> dict[str, bool]:
         return {"broker": self.source.connected, "database": self.writer.connected or self._db_recent()}
 
@@ -142,10 +210,13 @@ class Daemon:
             tg.create_task(self.source.run(source_stop), name="monitorme.mqtt_source")
             processing = tg.create_task(self.processor.run(intake_stop), name="monitorme.processor")
             writing = tg.create_task(self.writer.run(writer_stop), name="monitorme.pg_writer")
+            publishing = tg.create_task(self.alert_publisher.run(source_stop), name="monitorme.mqtt_alerts")
             upkeep = tg.create_task(self._retention(), name="monitorme.retention")
+            ticking = tg.create_task(self._ticker(), name="monitorme.ticker")
             await stop.wait()
             log.info("shutdown_started")
             upkeep.cancel()
+            ticking.cancel()
             intake_stop.set()
             self.source.arrived.set()
             try:
@@ -153,13 +224,26 @@ class Daemon:
                     await processing
                     writer_stop.set()
                     await writing
+                    if self.source.connected:
+                        try:
+                            async with asyncio.timeout(5):
+                                await self.alert_publisher.drained()
+                        except TimeoutError:  # alerts are also stored; the broker may be gone
+                            log.warning("alerts_not_all_published", extra={"pending": self.alert_publisher.pending})
                     await self.source.drain_acks()
             except TimeoutError:
                 log.error("shutdown_deadline_passed", extra={"pending_rows": self.writer.pending_rows})
                 processing.cancel()
                 writing.cancel()
             source_stop.set()
+            await publishing
         log.info("shutdown_done", extra={"stored": int(self.metrics.total("monitorme_stored_total"))})
+
+    async def _ticker(self) -> None:
+        """Once a second: wall-clock rules (no data), escalation and reminders."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.dispatch(self.engine.tick(_now_ms()), [])
 
     async def _retention(self) -> None:
         s = self.settings
@@ -184,4 +268,5 @@ async def run_forever(settings: Settings, *, insecure_no_auth: bool = False) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Daemon(settings, insecure_no_auth=insecure_no_auth) as daemon:
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload_rules)
         await daemon.run_until(stop)

@@ -13,6 +13,8 @@ from monitorme.core.engine import Engine
 from monitorme.core.model import Outputs
 from monitorme.metrics import Metrics
 
+Dispatch = Callable[[Outputs, list[object]], None]
+
 log = logging.getLogger(__name__)
 _SAMPLE_EVERY_S = 60.0  # log the first rejection per reason per minute; count them all
 
@@ -26,6 +28,7 @@ class Processor:
         engine: Engine,
         writer: PgWriter,
         metrics: Metrics,
+        dispatch: Dispatch,
         *,
         batch_max: int = 5_000,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
@@ -34,6 +37,7 @@ class Processor:
         self.engine = engine
         self.writer = writer
         self.metrics = metrics
+        self.dispatch = dispatch
         self.batch_max = batch_max
         self.now_ms = now_ms
         self._last_logged: dict[str, float] = {}
@@ -50,7 +54,7 @@ class Processor:
             if batch:
                 out = self.engine.handle(batch, self.now_ms())
                 self._count(out)
-                self.writer.submit(out, [m.ack for m in batch if m.ack is not None])
+                self.dispatch(out, [m.ack for m in batch if m.ack is not None])
             elif not final:
                 source.arrived.clear()
             if final:
@@ -66,6 +70,8 @@ class Processor:
                 per_vital[r.vital] = per_vital.get(r.vital, 0) + 1
             for vital, n in per_vital.items():
                 m.inc("monitorme_readings_total", n, vital=vital)
+        if out.late:
+            m.inc("monitorme_late_readings_total", out.late)
         if out.duplicates:
             m.inc("monitorme_duplicates_total", out.duplicates, caught="memory")
         if out.admitted:

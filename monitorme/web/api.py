@@ -5,17 +5,31 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
 from monitorme.adapters.pg_reader import PgReader, TooManyReadings
+from monitorme.core.alerts import Alert
 from monitorme.core.decode import ID_PATTERN
+from monitorme.errors import ConfigError
 from monitorme.metrics import Metrics
 from monitorme.web.auth import Principal, Role
 
+
+class Control(Protocol):
+    """What the web layer may ask of the running engine (implemented by the runtime)."""
+
+    def acknowledge(self, alert_id: str, by: str) -> Alert | None: ...
+    def open_alerts(self, patient: str | None = None) -> list[Alert]: ...
+    def patient_station(self, patient: str) -> str | None: ...
+    def validate_thresholds(self, raw: dict[str, object]) -> dict[str, dict[str, object]]: ...
+    def patient_changed(self, patient: str, station: str | None, thresholds: dict[str, object]) -> None: ...
+
+
 READER = web.AppKey("reader", PgReader)
+CONTROL: web.AppKey[Control] = web.AppKey("control")
 METRICS = web.AppKey("metrics", Metrics)
 Readiness = Callable[[], dict[str, bool]]
 READY: web.AppKey[Readiness] = web.AppKey("ready")
@@ -110,8 +124,42 @@ async def put_patient(request: web.Request) -> web.Response:
             raise error(400, "bad_body", f"{name} must be a string matching {ID_PATTERN.pattern}")
     if thresholds is not None and not isinstance(thresholds, dict):
         raise error(400, "bad_body", "thresholds must be an object")
+    control = request.app[CONTROL]
+    if thresholds is not None:
+        try:
+            control.validate_thresholds(thresholds)
+        except ConfigError as exc:
+            raise error(400, "bad_thresholds", f"{exc.key}: {exc.problem}") from None
     row = await request.app[READER].put_patient(patient, station, bed, thresholds)
+    control.patient_changed(patient, row.station, row.thresholds)  # applied to the analysis at once
     return json_response(row.as_json())
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    who = principal(request)
+    q = request.query
+    patient = q.get("patient")
+    if patient is not None:
+        await visible_patient(request, patient)
+    state = q.get("state")
+    if state is not None and state not in ("open", "raised", "escalated", "acknowledged", "resolved"):
+        raise error(400, "bad_state", "state is open, raised, escalated, acknowledged or resolved")
+    station = who.station if who.role is Role.STATION else None
+    alerts = await request.app[READER].alerts(patient=patient, state=state, station=station)
+    return json_response({"alerts": alerts})
+
+
+async def ack_alert(request: web.Request) -> web.Response:
+    who = principal(request)
+    alert_id = request.match_info["alert_id"]
+    control = request.app[CONTROL]
+    found = next((a for a in control.open_alerts() if a.id == alert_id), None)
+    if found is None:
+        raise error(404, "unknown_alert", "no open alert with that id")
+    if not who.may_see_station(control.patient_station(found.patient)):
+        raise error(403, "forbidden", "this token's station does not watch that patient")
+    changed = control.acknowledge(alert_id, who.name)
+    return json_response({"alert": (changed or found).as_json()})
 
 
 async def history(request: web.Request) -> web.Response:
@@ -150,3 +198,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/patients", list_patients)
     app.router.add_put("/api/patients/{patient}", put_patient)
     app.router.add_get("/api/patients/{patient}/history", history)
+    app.router.add_get("/api/alerts", list_alerts)
+    app.router.add_post("/api/alerts/{alert_id}/ack", ack_alert)

@@ -43,11 +43,13 @@ def create_app(
     metrics: Metrics,
     tokens: TokenBook | None,
     ready: Callable[[], dict[str, bool]],
+    control: api.Control,
 ) -> web.Application:
     """Build the web app. ``tokens=None`` means ``--insecure-no-auth``."""
     app = web.Application(middlewares=[auth_middleware(tokens, metrics)], client_max_size=1 << 20)
     app[api.READER] = reader
     app[api.METRICS] = metrics
     app[api.READY] = ready
+    app[api.CONTROL] = control
     api.add_routes(app)
     return app

@@ -1,0 +1,418 @@
+"""Per-patient analysis: feed readings into event-time series, evaluate rules, keep alerts and NEWS2.
+
+Pure and synchronous. Readings move windows in event time; only ``tick`` reads wall time
+(no-data alerts, escalation and reminders of unacknowledged alerts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from monitorme.core.alerts import (
+    AlarmPolicy,
+    Alert,
+    AlertKind,
+    AlertState,
+    Priority,
+    acknowledge,
+    alert_id,
+    condition_cleared,
+    worsened,
+)
+from monitorme.core.ecg import EcgAnalyzer
+from monitorme.core.features import FeatureSpec, compute
+from monitorme.core.model import Reading, Waveform
+from monitorme.core.rules import COMPARE, Condition, RuleSpec, RuleState, Variant, apply_override, step
+from monitorme.core.ruleset import RuleSet
+from monitorme.core.scores import News2, news2
+from monitorme.core.window import Series
+
+_NEWS2_INPUTS = {"heart_rate", "respiration", "spo2", "blood_pressure", "temperature"}
+_NEWS2_SMOOTH = FeatureSpec("median", window_s=300)  # CLINICAL.md §1: median of the last 5 min
+_NEWS2_EVERY_MS = 5_000  # continuous inputs re-score at most this often (the median barely moves)
+_BP_MAX_AGE_MS = 2 * 3_600_000
+_TEMP_MAX_AGE_MS = 30 * 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreUpdate:
+    """A patient's NEWS2 changed (for the station feed)."""
+
+    patient: str
+    ts: int
+    score: News2
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Analysis of one patient's vital raised unexpectedly; the rest went on."""
+
+    patient: str
+    vital: str
+    error: str
+
+
+@dataclass(slots=True)
+class AnalysisOutputs:
+    alerts: list[Alert] = field(default_factory=list)
+    scores: list[ScoreUpdate] = field(default_factory=list)
+    late: int = 0
+    faults: list[Fault] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PatientState:
+    """Everything the analysis remembers about one patient."""
+
+    patient: str
+    station: str | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    variants: dict[str, tuple[Variant, Variant, bool]] = field(default_factory=dict)
+    sleep_ts: int = -1
+    asleep: bool | None = None  # None until the first sleep reading: treated as awake
+    series: dict[tuple[str, str], Series] = field(default_factory=dict)
+    ecg: EcgAnalyzer | None = None
+    rule_states: dict[str, RuleState] = field(default_factory=dict)
+    open_alerts: dict[str, Alert] = field(default_factory=dict)
+    last_received_wall: dict[str, int] = field(default_factory=dict)
+    last_ts: dict[str, int] = field(default_factory=dict)
+    news2_ts: int = -1
+    news2_total: int | None = None
+
+    @property
+    def state_word(self) -> str:
+        return "unknown" if self.asleep is None else ("asleep" if self.asleep else "awake")
+
+
+class Analyzer:
+    """The analysis half of the engine.
+
+    Args:
+        ward: for alert ids and payloads.
+        rules: the rule set in force (``reload`` swaps it without losing state).
+        policy: escalation and reminder timers.
+        lateness_ms: how far behind a channel's newest reading a reading may still move windows.
+    """
+
+    def __init__(self, ward: str, rules: RuleSet, policy: AlarmPolicy | None = None,
+                 lateness_ms: int = 60_000) -> None:
+        self.ward = ward
+        self.rules = rules
+        self.policy = policy or AlarmPolicy()
+        self.lateness_ms = lateness_ms
+        self.patients: dict[str, PatientState] = {}
+        self._alert_index: dict[str, tuple[str, str]] = {}  # alert id -> (patient, rule)
+
+    # -- configuration ----------------------------------------------------------
+    def reload(self, rules: RuleSet) -> None:
+        """New rules; windows, rule states and open alerts of rules that still exist are kept."""
+        self.rules = rules
+        for ps in self.patients.values():
+            ps.variants.clear()
+            for name in [n for n in ps.rule_states if n not in rules.by_name]:
+                del ps.rule_states[name]
+
+    def set_patient(self, patient: str, station: str | None, overrides: Mapping[str, Any] | None) -> None:
+        ps = self._patient(patient)
+        ps.station = station
+        if overrides is not None:
+            ps.overrides = {k: dict(v) for k, v in overrides.items()}
+            ps.variants.clear()
+
+    def evict(self, patient: str) -> None:
+        ps = self.patients.pop(patient, None)
+        if ps is not None:
+            for a in ps.open_alerts.values():
+                self._alert_index.pop(a.id, None)
+
+    def restore_alert(self, alert: Alert) -> None:
+        """Put an open alert back after a restart, so its condition is not raised twice."""
+        ps = self._patient(alert.patient)
+        ps.open_alerts[alert.rule] = alert
+        self._alert_index[alert.id] = (alert.patient, alert.rule)
+        rs = ps.rule_states.setdefault(alert.rule, RuleState())
+        rs.active, rs.alert_id, rs.priority = alert.condition_active, alert.id, alert.priority
+
+    def _patient(self, patient: str) -> PatientState:
+        ps = self.patients.get(patient)
+        if ps is None:
+            ps = self.patients[patient] = PatientState(patient)
+        return ps
+
+    # -- readings ----------------------------------------------------------------
+    def on_readings(self, readings: Iterable[Reading], wall_ms: int, out: AnalysisOutputs) -> None:
+        for reading in readings:
+            try:
+                self._on_reading(reading, wall_ms, out)
+            except Exception as exc:  # one vital's failure must not stop the others: hospital requirement
+                out.faults.append(Fault(reading.patient, reading.vital, f"{type(exc).__name__}: {exc}"))
+                self._fault_alert(reading, wall_ms, out, exc)
+
+    def _on_reading(self, reading: Reading, wall_ms: int, out: AnalysisOutputs) -> None:
+        ps = self._patient(reading.patient)
+        vital = reading.vital
+        ps.last_received_wall[vital] = max(wall_ms, ps.last_received_wall.get(vital, 0))
+        ps.last_ts[vital] = max(reading.ts_ms, ps.last_ts.get(vital, reading.ts_ms))
+        self._resolve_technical(ps, vital, reading, out)
+        value = reading.value
+        if vital == "sleep" and isinstance(value, str):
+            if reading.ts_ms >= ps.sleep_ts:
+                ps.sleep_ts, ps.asleep = reading.ts_ms, value == "asleep"
+            return
+        for channel, number in self._channels(ps, reading).items():
+            self._feed(ps, vital, channel, reading.ts_ms, number, reading, wall_ms, out)
+        if vital in _NEWS2_INPUTS:
+            self._score(ps, reading, wall_ms, out)
+
+    def _channels(self, ps: PatientState, reading: Reading) -> dict[str, float]:
+        value = reading.value
+        if isinstance(value, float):
+            return {"": value}
+        if isinstance(value, dict):
+            return value
+        if isinstance(value, Waveform) and reading.vital == "ecg":
+            if ps.ecg is None:
+                ps.ecg = EcgAnalyzer()
+            samples = np.frombuffer(value.samples, dtype="<f4").astype(np.float64)
+            return ps.ecg.feed(reading.ts_ms, value.hz, samples).channels()
+        return {}
+
+    def _feed(self, ps: PatientState, vital: str, channel: str, ts: int, number: float, reading: Reading | None,
+              wall_ms: int, out: AnalysisOutputs) -> None:
+        key = (vital, channel)
+        series = ps.series.get(key)
+        if series is None:
+            series = ps.series[key] = Series(self.rules.horizon_ms(vital, channel), self.lateness_ms)
+        if not series.add(ts, number):
+            out.late += 1  # stored, counted, but it moves no window
+            return
+        for rule in self.rules.on_channel.get(key, ()):
+            self._evaluate(ps, rule, series, ts, reading, wall_ms, out)
+
+    # -- rules -------------------------------------------------------------------
+    def variants(self, ps: PatientState, rule: RuleSpec) -> tuple[Variant, Variant, bool]:
+        """(awake, asleep, overridden) for this patient: the rule's numbers plus overrides."""
+        cached = ps.variants.get(rule.name)
+        if cached is None:
+            raw = ps.overrides.get(rule.name)
+            if raw:
+                top = {k: v for k, v in raw.items() if k != "asleep"}
+                awake = apply_override(rule.awake, top, f"thresholds.{rule.name}")
+                asleep = apply_override(apply_override(rule.asleep, top, rule.name), raw.get("asleep", {}), rule.name)
+                cached = (awake, asleep, True)
+            else:
+                cached = (rule.awake, rule.asleep, False)
+            ps.variants[rule.name] = cached
+        return cached
+
+    def _evaluate(self, ps: PatientState, rule: RuleSpec, series: Series, ts: int, reading: Reading | None,
+                  wall_ms: int, out: AnalysisOutputs) -> None:
+        awake, asleep, overridden = self.variants(ps, rule)
+        variant = asleep if ps.asleep else awake
+        rs = ps.rule_states.get(rule.name)
+        if rs is None:
+            rs = ps.rule_states[rule.name] = RuleState()
+        value = compute(series, ts, rule.when.feature)
+        if value is None:
+            return
+        extra_ok = True
+        for cond in rule.also:
+            other = compute(series, ts, cond.feature)
+            extra_ok = extra_ok and other is not None and cond.holds(other)
+        when = Condition(rule.when.feature, rule.when.compare, variant.threshold)
+        holds = variant.enabled and when.holds(value) and extra_ok
+        cleared = not variant.enabled or when.cleared(value, rule.hysteresis) or not extra_ok
+        spec = self.rules.registry.get(rule.vital)
+        period_s = spec.period_s if spec is not None and rule.vital != "news2" else 0.0
+        clear_delay = rule.clear_delay_s if rule.clear_delay_s is not None else variant.delay_s
+        decided = step(rs, holds, cleared, ts, period_s, variant, clear_delay)
+        open_alert = ps.open_alerts.get(rule.name)
+        words = "override" if overridden else ("asleep" if ps.asleep else "awake")
+        if decided.raise_now or (holds and open_alert is not None):
+            priority = rule.priority
+            for tier in variant.tiers:
+                if COMPARE[rule.when.compare](value, tier.threshold) and tier.priority.rank > priority.rank:
+                    priority = tier.priority
+            fields = self._message_fields(ps, rule, value, variant, decided.held_s)
+            explanation = self._explain(rule, series, ts, value, variant, words, decided.held_s)
+            shown = self._shown_value(rule, reading, value)
+            if open_alert is None:
+                alert = Alert(
+                    id=alert_id(self.ward, ps.patient, rule.name, ts), ward=self.ward, patient=ps.patient,
+                    station=ps.station, rule=rule.name, vital=rule.vital if rule.vital != "news2" else None,
+                    kind=rule.kind, priority=priority, state=AlertState.RAISED, value=shown, ts=ts,
+                    message=rule.message.format(**fields), patient_state=ps.state_word, raised_ts=ts,
+                    latching=rule.latching, raised_wall_ms=wall_ms, last_notified_wall_ms=wall_ms,
+                    explanation=explanation,
+                )
+                self._open(ps, alert, out)
+            else:
+                if not open_alert.condition_active and decided.raise_now:
+                    open_alert = replace(open_alert, condition_active=True, ts=ts, value=shown)
+                    ps.open_alerts[rule.name] = open_alert
+                upgraded = worsened(open_alert, priority, ts, shown, rule.message.format(**fields), explanation,
+                                    wall_ms)
+                if upgraded is not None:
+                    self._open(ps, upgraded, out)
+        elif decided.clear_now and open_alert is not None:
+            fields = self._message_fields(ps, rule, value, variant, 0.0)
+            after = condition_cleared(open_alert, ts, self._shown_value(rule, reading, value),
+                                      f"Cleared: {rule.message.format(**fields)}")
+            self._change(ps, open_alert, after, out)
+
+    @staticmethod
+    def _shown_value(rule: RuleSpec, reading: Reading | None, value: float) -> Any:
+        if reading is not None and rule.when.feature.op == "last" and isinstance(reading.value, dict):
+            return reading.value  # e.g. the whole blood pressure, as it came in
+        return round(value, 3)
+
+    @staticmethod
+    def _message_fields(ps: PatientState, rule: RuleSpec, value: float, variant: Variant,
+                        held_s: float) -> dict[str, Any]:
+        return {"value": value, "threshold": variant.threshold, "held_s": held_s, "patient_state": ps.state_word,
+                "patient": ps.patient, "baseline": 0.0, "unit": "", "score": value, "silence_s": rule.silence_s}
+
+    @staticmethod
+    def _explain(rule: RuleSpec, series: Series, ts: int, value: float, variant: Variant, words: str,
+                 held_s: float) -> dict[str, Any]:
+        f = rule.when.feature
+        span = f.window_ms or round(max(variant.delay_s, 1) * 1000)
+        w_ts, w_values = series.window(ts, span)
+        window: dict[str, Any] = {"from_ts": int(w_ts[0]), "to_ts": int(w_ts[-1]), "n": len(w_values),
+                                  "min": float(w_values.min()), "max": float(w_values.max())} if len(w_values) else {}
+        return {
+            "rule": rule.name, "threshold": variant.threshold, "compare": rule.when.compare, "in_force": words,
+            "feature": {"op": f.op, "window_s": f.window_s, "count": f.count}, "feature_value": round(value, 3),
+            "delay_s": variant.delay_s, "delay_readings": variant.delay_readings, "held_s": round(held_s, 1),
+            "hysteresis": rule.hysteresis, "window": window, "basis": rule.basis,
+        }
+
+    def _open(self, ps: PatientState, alert: Alert, out: AnalysisOutputs) -> None:
+        ps.open_alerts[alert.rule] = alert
+        self._alert_index[alert.id] = (ps.patient, alert.rule)
+        out.alerts.append(alert)
+
+    def _change(self, ps: PatientState, before: Alert, after: Alert, out: AnalysisOutputs) -> None:
+        if after.state is AlertState.RESOLVED:
+            ps.open_alerts.pop(before.rule, None)
+            self._alert_index.pop(before.id, None)
+            rs = ps.rule_states.get(before.rule)
+            if rs is not None:
+                rs.active = False
+        else:
+            ps.open_alerts[before.rule] = after
+        if after != before:
+            out.alerts.append(after)
+
+    # -- NEWS2 -------------------------------------------------------------------
+    def _score(self, ps: PatientState, reading: Reading, wall_ms: int, out: AnalysisOutputs) -> None:
+        ts = reading.ts_ms
+        continuous = reading.vital in ("heart_rate", "respiration", "spo2")
+        if continuous and ps.news2_ts >= 0 and 0 <= ts - ps.news2_ts < _NEWS2_EVERY_MS:
+            return
+        opts = ps.overrides.get("news2", {})
+
+        def smoothed(vital: str) -> float | None:
+            s = ps.series.get((vital, ""))
+            return compute(s, ts, _NEWS2_SMOOTH) if s is not None else None
+
+        def latest(vital: str, channel: str, max_age_ms: int) -> float | None:
+            s = ps.series.get((vital, channel))
+            if s is None:
+                return None
+            _w_ts, w_v = s.window(ts, max_age_ms)
+            return float(w_v[-1]) if len(w_v) else None
+
+        score = news2(
+            rr=smoothed("respiration"), spo2=smoothed("spo2"), pulse=smoothed("heart_rate"),
+            sbp=latest("blood_pressure", "systolic", _BP_MAX_AGE_MS),
+            temperature=latest("temperature", "", _TEMP_MAX_AGE_MS),
+            on_oxygen=opts.get("on_oxygen"), spo2_scale=int(opts.get("spo2_scale", 1)),
+            consciousness=opts.get("consciousness"),  # never derived from sleep
+        )
+        if len(score.missing) > 2:
+            return  # too little to score; missing parameters are not scored 0
+        ps.news2_ts = max(ps.news2_ts, ts)
+        if score.total != ps.news2_total:
+            out.scores.append(ScoreUpdate(ps.patient, ts, score))
+            ps.news2_total = score.total
+        for channel, number in (("total", float(score.total)), ("max_part", float(score.max_part))):
+            self._feed(ps, "news2", channel, ts, number, None, wall_ms, out)
+
+    # -- wall clock ---------------------------------------------------------------
+    def tick(self, wall_ms: int, out: AnalysisOutputs) -> None:
+        """No-data alerts, escalation and reminders; the only use of wall time."""
+        for ps in self.patients.values():
+            for vital, last_wall in ps.last_received_wall.items():
+                for rule in self.rules.no_data.get(vital, ()):
+                    if rule.name in ps.open_alerts or not self.variants(ps, rule)[0].enabled:
+                        continue
+                    if wall_ms - last_wall >= rule.silence_s * 1000:
+                        ts = ps.last_ts.get(vital, 0)
+                        alert = Alert(
+                            id=alert_id(self.ward, ps.patient, rule.name, wall_ms), ward=self.ward,
+                            patient=ps.patient, station=ps.station, rule=rule.name, vital=vital,
+                            kind=AlertKind.TECHNICAL, priority=rule.priority, state=AlertState.RAISED,
+                            value=None, ts=ts, message=rule.message.format(**self._message_fields(
+                                ps, rule, 0.0, rule.awake, 0.0)),
+                            patient_state=ps.state_word, raised_ts=ts, latching=rule.latching,
+                            raised_wall_ms=wall_ms, last_notified_wall_ms=wall_ms,
+                            explanation={"rule": rule.name, "silence_s": rule.silence_s,
+                                         "last_reading_ts": ts, "last_received_ms": last_wall},
+                        )
+                        self._open(ps, alert, out)
+            for alert in list(ps.open_alerts.values()):
+                due = self.policy.due(alert, wall_ms)
+                if due is not None:
+                    self._change(ps, alert, due, out)
+
+    def _resolve_technical(self, ps: PatientState, vital: str, reading: Reading, out: AnalysisOutputs) -> None:
+        for rule in self.rules.no_data.get(vital, ()):
+            alert = ps.open_alerts.get(rule.name)
+            if alert is not None:
+                after = condition_cleared(alert, reading.ts_ms, None, f"Data back: {alert.message}")
+                self._change(ps, alert, after, out)
+        fault = ps.open_alerts.get(f"analysis_fault_{vital}")
+        if fault is not None:
+            self._change(ps, fault, condition_cleared(fault, reading.ts_ms, None, fault.message), out)
+
+    def _fault_alert(self, reading: Reading, wall_ms: int, out: AnalysisOutputs, exc: Exception) -> None:
+        ps = self._patient(reading.patient)
+        name = f"analysis_fault_{reading.vital}"
+        if name in ps.open_alerts:
+            return
+        alert = Alert(
+            id=alert_id(self.ward, ps.patient, name, reading.ts_ms), ward=self.ward, patient=ps.patient,
+            station=ps.station, rule=name, vital=reading.vital, kind=AlertKind.TECHNICAL, priority=Priority.MEDIUM,
+            state=AlertState.RAISED, value=None, ts=reading.ts_ms,
+            message=f"Analysis of {reading.vital} failed; other vitals are still monitored",
+            patient_state=ps.state_word, raised_ts=reading.ts_ms, latching=False, raised_wall_ms=wall_ms,
+            last_notified_wall_ms=wall_ms, explanation={"error": type(exc).__name__},
+        )
+        self._open(ps, alert, out)
+
+    # -- operators ---------------------------------------------------------------
+    def acknowledge(self, alert_id_: str, by: str, out: AnalysisOutputs) -> Alert | None:
+        """Acknowledge an open alert by id; None if unknown or nothing changed."""
+        where = self._alert_index.get(alert_id_)
+        if where is None:
+            return None
+        ps = self.patients[where[0]]
+        alert = ps.open_alerts.get(where[1])
+        if alert is None:
+            return None
+        after = acknowledge(alert, by, alert.ts)
+        if after is None:
+            return None
+        self._change(ps, alert, after, out)
+        return after
+
+    def open_alerts(self, patient: str | None = None) -> list[Alert]:
+        patients = [self.patients[patient]] if patient in self.patients else (
+            [] if patient is not None else list(self.patients.values()))
+        return [a for ps in patients for a in ps.open_alerts.values()]
+
