@@ -233,7 +233,7 @@ class _Patient:
         self.spo2_0 = float(rng.uniform(95.0, 99.0))
         self.rr0 = float(rng.uniform(12.0, 18.0))
         self.temp0 = float(rng.uniform(36.4, 37.2))
-        self.glu0 = float(rng.uniform(90.0, 140.0))
+        self.glu0 = float(rng.uniform(100.0, 140.0))  # normal: never near the 70 mg/dL hypo limit
         self.sleep_offset_ms = int(rng.integers(-_HOUR_MS, _HOUR_MS + 1))
         self._ecg_gain = float(rng.uniform(0.85, 1.15))
 
@@ -243,7 +243,7 @@ class _Patient:
         self._spo2 = _Walk(rng, 0.6, 300.0, start_ms)
         self._rr = _Walk(rng, 1.2, 300.0, start_ms)
         self._temp = _Walk(rng, 0.15, 3600.0, start_ms)
-        self._glu = _Walk(rng, 15.0, 3600.0, start_ms)
+        self._glu = _Walk(rng, 10.0, 3600.0, start_ms)
 
         self._beat_phase = float(rng.uniform(0.0, 1.0))
         self._breath_phase = float(rng.uniform(0.0, 1.0))
