@@ -51,7 +51,8 @@ class Scenario:
         return out
 
 
-def ecg_chunk(beats_at_ms: list[int], start: int, hz: int = 250, noise: float = 0.0, flat: bool = False) -> dict[str, Any]:
+def ecg_chunk(beats_at_ms: list[int], start: int, hz: int = 250, noise: float = 0.0,
+              flat: bool = False) -> dict[str, Any]:
     """One second of ECG: an R wave (1.2 mV Gaussian) at each beat time; optional small noise."""
     if flat:
         return {"hz": hz, "samples": [0.0] * hz}
