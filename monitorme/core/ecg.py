@@ -85,7 +85,9 @@ class EcgAnalyzer:
             x, start_ms = np.asarray(samples, dtype=np.float64), float(ts_ms)
             self._until_ms = start_ms - step_ms
         dev = np.abs(x - np.median(x))
-        recent = float(np.median(self._amplitudes)) if self._amplitudes else 0.0
+        # learning phase: with no beats yet, the largest swing in view stands in for the R amplitude,
+        # so a T wave is not taken for a QRS before the first beats are known
+        recent = float(np.median(self._amplitudes)) if self._amplitudes else float(dev.max())
         threshold = max(MIN_QRS_MV, 0.5 * recent)
         half = max(1, round(_NEIGHBOURHOOD_S * hz))
         confirmable = len(x) - half  # beyond this a larger sample may still come in the next chunk
