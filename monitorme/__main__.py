@@ -47,9 +47,25 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from monitorme.config import load_rules
+
     settings = load_settings(args.config)
     registry = load_pipelines(settings.pipelines_dir or None)
-    print(f"config ok: ward {settings.ward}; {len(registry)} vitals: {', '.join(registry.vitals)}")
+    rules = load_rules(registry, settings.rules_dir or None)
+    print(f"config ok: ward {settings.ward}; {len(registry)} vitals: {', '.join(registry.vitals)};"
+          f" {len(rules.rules)} rules")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from monitorme.runtime import replay_cli
+
+    settings = load_settings(args.config)
+    setup_logging(settings.log_format, "WARNING")
+    report = _run_async(replay_cli.run_replay(settings, args))
+    print(replay_cli.render(report))
+    if args.json:
+        replay_cli.write_json(report, args.json)
     return 0
 
 
@@ -66,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and pipelines/ offline")
     check.add_argument("--config")
     check.set_defaults(func=cmd_check)
+    replay = sub.add_parser("replay", help="run stored readings through a rule set; report the alerts")
+    from monitorme.runtime.replay_cli import add_arguments
+
+    add_arguments(replay)
+    replay.set_defaults(func=cmd_replay)
     try:
         from monitorme.sim import cli as sim_cli
     except ImportError:  # pragma: no cover

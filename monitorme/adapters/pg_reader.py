@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from monitorme.adapters.pg_codecs import init_connection
 from monitorme.core.alerts import Alert, alert_from_json
 from monitorme.core.definitions import PipelineRegistry, ValueKind
 from monitorme.core.downsample import change_points, minmax_indices
+from monitorme.core.model import PatientId, Reading, Waveform
 
 MAX_READINGS = 200_000  # one reply; beyond it the caller must narrow the range or downsample
 
@@ -123,6 +125,31 @@ class PgReader:
             f" WHERE {' AND '.join(where)} ORDER BY a.raised_ts DESC, a.id LIMIT ${len(args)}", *args,
         )
         return [orjson.loads(r["doc"]) for r in rows]
+
+    async def iter_readings(self, from_ms: int, to_ms: int, patient: str | None = None,
+                            chunk: int = 10_000) -> AsyncIterator[list[Reading]]:
+        """Stored readings of the ward in event-time order, in chunks (a server-side cursor)."""
+        sql = ("SELECT patient_id, vital, ts, num, doc, wave, device, seq, received_at FROM readings"
+               " WHERE ward = $1 AND ts >= $2 AND ts <= $3" + (" AND patient_id = $4" if patient else "")
+               + " ORDER BY ts, patient_id, vital, dedup")
+        args: list[object] = [self.ward, from_ms, to_ms] + ([patient] if patient else [])
+        async with self.pool.acquire() as conn, conn.transaction():
+            cursor = await conn.cursor(sql, *args)
+            while rows := await cursor.fetch(chunk):
+                yield [self._reading(r) for r in rows]
+
+    def _reading(self, r: asyncpg.Record) -> Reading:
+        spec = self.registry.get(r["vital"])
+        kind = spec.kind if spec is not None else ValueKind.NUMBER
+        value: float | dict[str, float] | str | Waveform
+        if kind is ValueKind.NUMBER:
+            value = float(r["num"])
+        elif kind is ValueKind.WAVEFORM:
+            value = Waveform(float(orjson.loads(r["doc"])["hz"]), bytes(r["wave"]))
+        else:
+            value = orjson.loads(r["doc"])
+        return Reading(PatientId(r["patient_id"]), r["vital"], r["ts"], value, r["device"], r["seq"],
+                       r["received_at"])
 
     async def history(self, patient: str, vital: str, from_ms: int, to_ms: int,
                       max_points: int | None) -> list[dict[str, Any]]:
