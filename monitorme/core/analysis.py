@@ -213,21 +213,23 @@ class Analyzer:
                   wall_ms: int, out: AnalysisOutputs) -> None:
         awake, asleep, overridden = self.variants(ps, rule)
         variant = asleep if ps.asleep else awake
-        rs = ps.rule_states.get(rule.name)
-        if rs is None:
-            rs = ps.rule_states[rule.name] = RuleState()
         value = compute(series, ts, rule.when.feature)
         if value is None:
             return
+        breached = variant.enabled and COMPARE[rule.when.compare](value, variant.threshold)
+        rs = ps.rule_states.get(rule.name)
+        if not breached and (rs is None or (not rs.active and rs.since_ts is None)):
+            return  # the common case: quiet, and nothing to reset
+        if rs is None:
+            rs = ps.rule_states[rule.name] = RuleState()
         extra_ok = True
         for cond in rule.also:
             other = compute(series, ts, cond.feature)
             extra_ok = extra_ok and other is not None and cond.holds(other)
+        holds = breached and extra_ok
         when = Condition(rule.when.feature, rule.when.compare, variant.threshold)
-        holds = variant.enabled and when.holds(value) and extra_ok
         cleared = not variant.enabled or when.cleared(value, rule.hysteresis) or not extra_ok
-        spec = self.rules.registry.get(rule.vital)
-        period_s = spec.period_s if spec is not None and rule.vital != "news2" else 0.0
+        period_s = self.rules.period_s(rule)
         clear_delay = rule.clear_delay_s if rule.clear_delay_s is not None else variant.delay_s
         decided = step(rs, holds, cleared, ts, period_s, variant, clear_delay)
         open_alert = ps.open_alerts.get(rule.name)

@@ -32,8 +32,29 @@ Operator = Callable[[Series, int, FeatureSpec], float | None]
 
 
 def _last(s: Series, at: int, f: FeatureSpec) -> float | None:
+    newest = s.newest_ts
+    if newest is not None and at >= newest:  # the usual case: evaluating at the newest reading
+        return s.last
     _ts, v = s.upto(at)
     return float(v[-1]) if len(v) else None
+
+
+def _baseline_median(s: Series, at: int, f: FeatureSpec) -> tuple[float, float] | None:
+    """(newest value, median of the window). A long window's median barely moves from one reading
+    to the next, so it is recomputed at most every 1/60 of the window (30 s of a 30-min window)."""
+    key = ("median", f.window_ms)
+    cached = s.memo.get(key)
+    newest = s.newest_ts
+    if cached is not None and newest is not None and at >= newest and 0 <= at - cached[0] < f.window_ms // 60:
+        last = s.last
+        return (last, cached[1]) if last is not None else None
+    _ts, v = s.window(at, f.window_ms)
+    if not len(v):
+        return None
+    median = float(np.median(v))
+    if newest is not None and at >= newest:
+        s.memo[key] = (at, median)
+    return float(v[-1]), median
 
 
 def _over(fn: Callable[[FloatArray], np.floating[Any]]) -> Operator:
@@ -67,16 +88,16 @@ def _slope(s: Series, at: int, f: FeatureSpec) -> float | None:
 
 def _delta_from_median(s: Series, at: int, f: FeatureSpec) -> float | None:
     """Newest value minus the median of the window (the rolling baseline)."""
-    _ts, v = s.window(at, f.window_ms)
-    return float(v[-1] - np.median(v)) if len(v) else None
+    pair = _baseline_median(s, at, f)
+    return pair[0] - pair[1] if pair is not None else None
 
 
 def _pct_from_median(s: Series, at: int, f: FeatureSpec) -> float | None:
-    _ts, v = s.window(at, f.window_ms)
-    if not len(v):
+    pair = _baseline_median(s, at, f)
+    if pair is None:
         return None
-    base = float(np.median(v))
-    return (float(v[-1]) - base) / base * 100 if base else None
+    last, base = pair
+    return (last - base) / base * 100 if base else None
 
 
 def _pct_from_previous(s: Series, at: int, f: FeatureSpec) -> float | None:

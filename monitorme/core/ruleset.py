@@ -41,6 +41,11 @@ class RuleSet:
                 key = (rule.vital, rule.channel)
                 self.on_channel[key] = (*self.on_channel.get(key, ()), rule)
 
+    def period_s(self, rule: RuleSpec) -> float:
+        """The reading period a rule's persistence counts per reading (0 for derived scores)."""
+        spec = self.registry.get(rule.vital)
+        return spec.period_s if spec is not None and rule.vital != "news2" else 0.0
+
     @classmethod
     def from_texts(cls, texts: Mapping[str, str], registry: PipelineRegistry) -> RuleSet:
         return cls(parse_rules(texts, channels_of(registry)), registry)

@@ -27,7 +27,7 @@ class Series:
     [2.0, 3.0]
     """
 
-    __slots__ = ("_end", "_start", "_ts", "_values", "horizon_ms", "lateness_ms")
+    __slots__ = ("_end", "_start", "_ts", "_values", "horizon_ms", "lateness_ms", "memo")
 
     def __init__(self, horizon_ms: int, lateness_ms: int, capacity: int = 16) -> None:
         self.horizon_ms = horizon_ms
@@ -36,6 +36,7 @@ class Series:
         self._values: FloatArray = np.empty(capacity, dtype=np.float64)
         self._start = 0
         self._end = 0
+        self.memo: dict[tuple[str, int], tuple[int, float]] = {}  # slow baselines, see features.py
 
     def __len__(self) -> int:
         return self._end - self._start
