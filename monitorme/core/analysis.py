@@ -82,6 +82,15 @@ class PatientState:
     last_ts: dict[str, int] = field(default_factory=dict)
     news2_ts: int = -1
     news2_total: int | None = None
+    news2: News2 | None = None
+
+    def status(self) -> dict[str, Any]:
+        """What a screen shows beside the vitals: sleep state, NEWS2 and open alerts."""
+        score = None
+        if self.news2 is not None:
+            score = {"total": self.news2.total, "band": self.news2.band, "parts": self.news2.parts,
+                     "partial": self.news2.partial, "missing": list(self.news2.missing), "ts": self.news2_ts}
+        return {"patient_state": self.state_word, "news2": score, "open_alerts": len(self.open_alerts)}
 
     @property
     def state_word(self) -> str:
@@ -339,6 +348,7 @@ class Analyzer:
         if len(score.missing) > 2:
             return  # too little to score; missing parameters are not scored 0
         ps.news2_ts = max(ps.news2_ts, ts)
+        ps.news2 = score
         if score.total != ps.news2_total:
             out.scores.append(ScoreUpdate(ps.patient, ts, score))
             ps.news2_total = score.total

@@ -8,7 +8,7 @@ import signal
 import socket
 import time
 from contextlib import AsyncExitStack
-from typing import Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -176,6 +176,10 @@ class Daemon:
     def patient_station(self, patient: str) -> str | None:
         ps = self.engine.analyzer.patients.get(patient)
         return ps.station if ps is not None else None
+
+    def patient_status(self, patient: str) -> dict[str, Any] | None:
+        ps = self.engine.analyzer.patients.get(patient)
+        return ps.status() if ps is not None else None
 
     def validate_thresholds(self, raw: dict[str, object]) -> dict[str, dict[str, object]]:
         return validate_overrides(self.rules.rules, raw)

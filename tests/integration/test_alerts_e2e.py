@@ -111,6 +111,14 @@ async def test_every_rule_end_to_end(tmp_path: Path, ward: str, tuned_mqtt_url: 
             # devices went quiet after the replay: no-data alerts come on the wall clock
             assert await wait_until(lambda: any(a["rule"] == "no_data_heart_rate" for a in feed.snapshot()), 20)
 
+            # the score itself is visible beside the patient (the station feed shows it)
+            status, body = await get_json(http, f"{url}/api/patients", CLINICIAN)
+            by_patient = {p["patient"]: p for p in body["patients"]}  # type: ignore[index]
+            high = by_patient[next(p for p, sc in scenarios.items() if sc.name == "news2_high")]["news2"]
+            assert high["total"] >= 7 and high["band"] == "high" and high["partial"] is True
+            normal = by_patient[next(p for p, sc in scenarios.items() if sc.name == "news2_normal")]["news2"]
+            assert normal["total"] == 0 and normal["missing"] == []
+
             status, body = await get_json(http, f"{url}/api/alerts?state=open", CLINICIAN)
             assert status == 200 and body["alerts"]  # type: ignore[index]
             await asyncio.sleep(0.5)
