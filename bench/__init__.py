@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.ingest` (backlog drain) and `pytest bench --benchmark-only` (micro)."""
