@@ -105,11 +105,13 @@ class Analyzer:
         rules: the rule set in force (``reload`` swaps it without losing state).
         policy: escalation and reminder timers.
         lateness_ms: how far behind a channel's newest reading a reading may still move windows.
+        score_news2: keep a NEWS2 per patient (screens show it even when no NEWS2 rule is on).
     """
 
     def __init__(self, ward: str, rules: RuleSet, policy: AlarmPolicy | None = None,
-                 lateness_ms: int = 60_000) -> None:
+                 lateness_ms: int = 60_000, score_news2: bool = True) -> None:
         self.ward = ward
+        self.score_news2 = score_news2
         self.rules = rules
         self.policy = policy or AlarmPolicy()
         self.lateness_ms = lateness_ms
@@ -174,7 +176,7 @@ class Analyzer:
             return
         for channel, number in self._channels(ps, reading).items():
             self._feed(ps, vital, channel, reading.ts_ms, number, reading, wall_ms, out)
-        if vital in _NEWS2_INPUTS:
+        if self.score_news2 and vital in _NEWS2_INPUTS:
             self._score(ps, reading, wall_ms, out)
 
     def _channels(self, ps: PatientState, reading: Reading) -> dict[str, float]:
