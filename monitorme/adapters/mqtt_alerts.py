@@ -16,6 +16,7 @@ from monitorme.metrics import Metrics
 
 log = logging.getLogger(__name__)
 _RETRY_S = 0.5
+_PIPELINE = 500  # alerts in flight at once, well under paho's 65,535 message ids
 
 
 class MqttAlertPublisher:
@@ -72,17 +73,34 @@ class MqttAlertPublisher:
                     return
                 await asyncio.sleep(_RETRY_S)
                 continue
-            alert = self._queue[0]
-            topic = f"monitorme/{self.ward}/{alert.patient}/alerts"
-            try:
-                async with asyncio.timeout(10):
-                    await client.publish(topic, orjson.dumps(alert.as_json()), qos=1)
-            except (aiomqtt.MqttError, TimeoutError) as exc:
-                log.warning("alert_publish_retry", extra={"error": str(exc), "alert": alert.id})
+            # Pipelined: every queued alert is handed to the client in order at once and their
+            # PUBACKs awaited together, so a burst costs one round trip, not one per alert.
+            batch = list(self._queue)[:_PIPELINE]
+            results = await asyncio.gather(*(self._publish(client, a) for a in batch), return_exceptions=True)
+            done = 0
+            for result in results:
+                if result is not None:
+                    break
+                done += 1
+            for _ in range(done):
+                self._queue.popleft()
+            self.metrics.inc("monitorme_alerts_published_total", done)
+            if done < len(batch):
+                failure = next(r for r in results if r is not None)
+                log.warning("alert_publish_retry", extra={"error": str(failure), "pending": len(self._queue)})
                 self.metrics.inc("monitorme_alert_publish_retries_total")
-                await asyncio.sleep(_RETRY_S)
-                continue
-            self._queue.popleft()
-            self.metrics.inc("monitorme_alerts_published_total")
+                await asyncio.sleep(_RETRY_S)  # the rest go again in order; QoS 1 may repeat one
             if not self._queue:
                 self._drained.set()
+
+    async def _publish(self, client: aiomqtt.Client, alert: Alert) -> None:
+        topic = f"monitorme/{self.ward}/{alert.patient}/alerts"
+        try:
+            async with asyncio.timeout(10):
+                await client.publish(topic, orjson.dumps(alert.as_json()), qos=1)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            raise _PublishFailed(str(exc)) from exc
+
+
+class _PublishFailed(Exception):
+    """One alert's PUBACK did not come; it stays queued."""

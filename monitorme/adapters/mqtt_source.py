@@ -171,13 +171,14 @@ class MqttSource:
                 a.host, a.port, username=a.username, password=a.password,
                 identifier=s.client_id, protocol=aiomqtt.ProtocolVersion.V5,
                 clean_start=False, properties=props, keepalive=s.keepalive_s,
-                tls_context=tls_context, timeout=10,
+                tls_context=tls_context, timeout=10, max_inflight_messages=1000,
             )
         else:
             client = aiomqtt.Client(
                 a.host, a.port, username=a.username, password=a.password,
                 identifier=s.client_id, protocol=aiomqtt.ProtocolVersion.V311,
                 clean_session=False, keepalive=s.keepalive_s, tls_context=tls_context, timeout=10,
+                max_inflight_messages=1000,  # our alert publications: a burst goes out at once
             )
         paho = client._client
         paho.manual_ack_set(True)

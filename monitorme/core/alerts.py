@@ -94,6 +94,7 @@ class Alert:
             "patient_state": self.patient_state, "raised_ts": self.raised_ts, "latching": self.latching,
             "condition_active": self.condition_active, "acknowledged_by": self.acknowledged_by,
             "escalation_level": self.escalation_level, "reminders": self.reminders,
+            "detected_at": self.last_notified_wall_ms,  # wall clock of this change: signal delay = now - this
             "explanation": self.explanation,
         }
 
