@@ -36,6 +36,7 @@ _NEWS2_SMOOTH = FeatureSpec("median", window_s=300)  # CLINICAL.md §1: median o
 _NEWS2_EVERY_MS = 5_000  # continuous inputs re-score at most this often (the median barely moves)
 _BP_MAX_AGE_MS = 2 * 3_600_000
 _TEMP_MAX_AGE_MS = 30 * 60_000
+EVICT_AFTER_MS = 6 * 3_600_000  # a patient silent this long with nothing open has left: free the state
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +360,16 @@ class Analyzer:
 
     # -- wall clock ---------------------------------------------------------------
     def tick(self, wall_ms: int, out: AnalysisOutputs) -> None:
-        """No-data alerts, escalation and reminders; the only use of wall time."""
+        """No-data alerts, escalation and reminders, idle eviction; the only use of wall time."""
+        gone = [ps for ps in self.patients.values() if ps.last_received_wall
+                and wall_ms - max(ps.last_received_wall.values()) >= EVICT_AFTER_MS
+                and all(a.kind is AlertKind.TECHNICAL for a in ps.open_alerts.values())]
+        for ps in gone:  # silent for hours, nothing clinical open: the patient has left monitoring
+            for alert in list(ps.open_alerts.values()):
+                after = replace(alert, state=AlertState.RESOLVED, condition_active=False,
+                                message=f"No data for hours; monitoring of {ps.patient} ended: {alert.message}")
+                self._change(ps, alert, after, out)
+            self.evict(ps.patient)
         for ps in self.patients.values():
             for vital, last_wall in ps.last_received_wall.items():
                 for rule in self.rules.no_data.get(vital, ()):

@@ -180,3 +180,18 @@ def test_a_failing_pipeline_stops_only_that_vital(monkeypatch: pytest.MonkeyPatc
     assert {(a.patient, a.rule) for a in out.alerts if a.state is AlertState.RAISED} == {
         ("p1", "analysis_fault_ecg"), ("p1", "spo2_desat"), ("p1", "spo2_low")}
     assert len(out.faults) == 40  # every chunk failed, and nothing else stopped
+
+
+def test_a_patient_silent_for_hours_with_nothing_open_is_evicted() -> None:
+    e = engine()
+    wall = BASE
+    e.handle([RawMessage("monitorme/w1/p1/heart_rate", orjson.dumps({"ts": BASE, "value": 70}), wall)], wall)
+    e.handle([RawMessage("monitorme/w1/p2/spo2", orjson.dumps({"ts": BASE, "value": 75}), wall)], wall)
+    e.tick(wall + 5 * 3_600_000)
+    assert set(e.analyzer.patients) == {"p1", "p2"}
+    assert {a.rule for a in e.analyzer.open_alerts("p1")} == {"no_data_heart_rate"}
+    out = e.tick(wall + 7 * 3_600_000)
+    # p1 had only a technical alert: it is closed and the state freed; p2's latched desaturation keeps p2
+    assert [(a.patient, a.rule, a.state.value) for a in out.alerts if a.patient == "p1"] == [
+        ("p1", "no_data_heart_rate", "resolved")]
+    assert set(e.analyzer.patients) == {"p2"}
