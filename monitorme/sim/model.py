@@ -211,7 +211,8 @@ _CLASSIC: Final = _Physiology(
 #   DBP  68-78 +-6:    awake 62-84 (< 50, > 90), asleep (x0.85) >= 52.7 (< 45).
 #   SpO2 95-99 +-1.5:  awake >= 93.5, asleep >= 92.5 and >= 88.5 in a 4-point sleep dip.
 #   RR   12-18 +-2.5:  9.5-20.5 (rr_elevated >= 21, rr_low <= 8).
-#   Temp 36.4-37.2 +-0.3: 35.8-37.5; at most +0.9 plus the 0.3 wake-up step in 4 h (temp_rising 1.0).
+#   Temp 36.4-37.2 +-0.3: 35.8-37.5 (NEWS2 <= 36.0 scores 1 only); a 4-h rise is at most 0.6 of
+#                      walk plus the 0.3 wake-up step (temp_rising +1.0).
 #   Glucose 100-140 +-25: 75-165 (glucose_low < 70, glucose_high > 180).
 _WARD: Final = _Physiology(
     hr0=(64.0, 92.0),
