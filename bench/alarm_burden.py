@@ -91,7 +91,7 @@ def evaluate(report: Any, script: list[Deterioration], extra: dict[str, Any]) ->
         crossing = extra["crossings"].get((d.patient, d.primary))
         primary = specs[d.primary]
         # the rule's own delay: seconds, or readings (the first one counts its own period)
-        delay_s = max(primary.awake.delay_s, (primary.awake.delay_readings - 1) * extra["periods"][primary.vital])
+        delay_s = max(primary.awake.delay_s, (primary.awake.delay_readings - 1) * extra["periods"].get(primary.vital, 0.0))
         row: dict[str, Any] = {
             "patient": d.patient, "kind": d.kind, "rules": list(d.rules), "start": d.start_ms, "end": d.end_ms,
             "alerted": first is not None, "first_rule": first.rule if first else None,
