@@ -74,6 +74,13 @@ class Daemon:
         self.http_port = 0
 
     async def __aenter__(self) -> Self:
+        try:
+            return await self._start()
+        except BaseException:
+            await self._stack.aclose()  # what did start (pool, web runner) is closed again
+            raise
+
+    async def _start(self) -> Self:
         s = self.settings
         await check_reachable(s)
         try:
