@@ -210,6 +210,19 @@ def all_scenarios() -> Iterator[Scenario]:
     sc.forbid.add("ecg_asystole")
     yield sc
     yield from news2_scenarios()
+    yield normal_patient()
+
+
+def normal_patient() -> Scenario:
+    """Ten simulated minutes of one normal patient, all eight vitals: nothing clinical may fire."""
+    from monitorme.config import load_pipelines, load_rules
+    from monitorme.sim.model import generate_ward
+
+    sc = Scenario("normal_patient")
+    for m in generate_ward("x", 1, 0, 600.0, seed=4):
+        sc.readings.append((m.ts_ms, m.vital, orjson.loads(m.payload)["value"]))
+    sc.forbid = {r.name for r in load_rules(load_pipelines()).rules if not r.silence_s}
+    return sc
 
 
 def _news2(name: str, hr: float, rr: float, spo2: float, sbp: float, temp: float, expect: str | None,
