@@ -90,6 +90,14 @@ async def test_history_filters_downsamples_and_scopes(tmp_path: Path, ward: str,
         async with http.put(f"{url}/api/patients/p1", json={"station": "s1", "bed": "b4"}, headers=ADMIN) as r:
             assert r.status == 200 and (await r.json())["station"] == "s1"
         assert (await get_json(http, f"{url}/api/patients/p1/history?vital=spo2", STATION1))[0] == 200
+        # per-patient thresholds are checked against the rules before anything is stored
+        for bad in ({"no_such_rule": {}}, {"spo2_low": {"threshold": "low"}}, {"spo2_low": {"speed": 1}},
+                    {"news2": {"spo2_scale": 3}}):
+            async with http.put(f"{url}/api/patients/p1", json={"thresholds": bad}, headers=ADMIN) as r:
+                assert r.status == 400 and (await r.json())["error"] == "bad_thresholds", bad
+        good = {"spo2_low": {"threshold": 88, "asleep": {"threshold": 85}}, "news2": {"on_oxygen": True}}
+        async with http.put(f"{url}/api/patients/p1", json={"thresholds": good}, headers=ADMIN) as r:
+            assert r.status == 200 and (await r.json())["thresholds"] == good
         status, body = await get_json(http, f"{url}/api/patients", STATION1)
         assert [p["patient"] for p in body["patients"]] == ["p1"]  # type: ignore[index]
         status, body = await get_json(http, f"{url}/api/patients", CLINICIAN)
