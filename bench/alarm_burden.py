@@ -49,12 +49,15 @@ def replay_day(patients: int, hours: float, seed: int) -> tuple[Any, list[Deteri
     watch = {(d.patient, d.primary): d for d in script}
     specs = {r.name: r for r in rules.rules}
     chunk: list[Reading] = []
+    asleep: dict[str, bool] = {}  # the variant in force follows the latest sleep reading, as in the engine
     count = 0
     started = time.perf_counter()
     for m in stream:
         reading = decode_reading(RawMessage(m.topic, m.payload, m.ts_ms), "day", registry, m.ts_ms, _LIMITS)
         chunk.append(reading)
         count += 1
+        if reading.vital == "sleep":
+            asleep[reading.patient] = reading.value == "asleep"
         for (patient, rule_name), d in watch.items():
             if patient != reading.patient or (patient, rule_name) in crossings:
                 continue
@@ -63,13 +66,22 @@ def replay_day(patients: int, hours: float, seed: int) -> tuple[Any, list[Deteri
                 continue
             value = reading.value
             number = value.get(rule.channel) if isinstance(value, dict) else value
-            if isinstance(number, float) and COMPARE[rule.when.compare](number, rule.awake.threshold):
+            variant = rule.asleep if asleep.get(patient) else rule.awake
+            if isinstance(number, float) and COMPARE[rule.when.compare](number, variant.threshold):
                 crossings[(patient, rule_name)] = reading.ts_ms
         if len(chunk) >= 10_000:
             replayer.feed(chunk)
             chunk = []
     replayer.feed(chunk)
     report = replayer.finish()
+    for d in script:  # a score rule's condition is met when the engine's NEWS2 first reaches it
+        rule = specs[d.primary]
+        if rule.vital == "news2":
+            for s in report.scores:
+                if s.patient == d.patient and s.ts >= d.start_ms and COMPARE[rule.when.compare](
+                        float(s.score.total), rule.awake.threshold):
+                    crossings[(d.patient, d.primary)] = s.ts
+                    break
     timing = {"messages": count, "seconds": round(time.perf_counter() - started, 1)}
     periods = {spec.vital: spec.period_s for spec in registry}
     return report, script, {"crossings": crossings, "timing": timing, "specs": specs, "periods": periods}
@@ -91,7 +103,10 @@ def evaluate(report: Any, script: list[Deterioration], extra: dict[str, Any]) ->
         crossing = extra["crossings"].get((d.patient, d.primary))
         primary = specs[d.primary]
         # the rule's own delay: seconds, or readings (the first one counts its own period)
-        delay_s = max(primary.awake.delay_s, (primary.awake.delay_readings - 1) * extra["periods"].get(primary.vital, 0.0))
+        variant = primary.awake
+        if first is not None and first.patient_state == "asleep":
+            variant = primary.asleep
+        delay_s = max(variant.delay_s, (variant.delay_readings - 1) * extra["periods"].get(primary.vital, 0.0))
         row: dict[str, Any] = {
             "patient": d.patient, "kind": d.kind, "rules": list(d.rules), "start": d.start_ms, "end": d.end_ms,
             "alerted": first is not None, "first_rule": first.rule if first else None,

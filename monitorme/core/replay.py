@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitorme.core.alerts import Alert, AlertKind, AlertState
-from monitorme.core.analysis import AnalysisOutputs, Analyzer
+from monitorme.core.analysis import AnalysisOutputs, Analyzer, ScoreUpdate
 from monitorme.core.model import Reading
 from monitorme.core.ruleset import RuleSet
 
@@ -24,6 +24,7 @@ class ReplayReport:
     """What a rule set made of a stretch of readings."""
 
     alerts: list[Alert] = field(default_factory=list)  # every state change, in order
+    scores: list[ScoreUpdate] = field(default_factory=list)  # every NEWS2 change, in order
     readings: int = 0
     late: int = 0
     patients: set[str] = field(default_factory=set)
@@ -102,6 +103,7 @@ class Replayer:
 
     def finish(self) -> ReplayReport:
         self.report.alerts = self._out.alerts
+        self.report.scores = self._out.scores
         self.report.late = self._out.late
         return self.report
 
