@@ -30,6 +30,7 @@ class Scenario:
     readings: list[tuple[int, str, Any]] = field(default_factory=list)
     expect: dict[str, tuple[int, int]] = field(default_factory=dict)  # rule -> raise between offsets (ms)
     forbid: set[str] = field(default_factory=set)  # rules that must not raise
+    alerts_of: dict[str, int] = field(default_factory=dict)  # rule -> exactly this many alerts
     asleep: bool = False
     thresholds: dict[str, Any] = field(default_factory=dict)
 
@@ -211,6 +212,23 @@ def all_scenarios() -> Iterator[Scenario]:
     yield sc
     yield from news2_scenarios()
     yield normal_patient()
+    yield hovering()
+
+
+def hovering() -> Scenario:
+    """SpO2 in and out of alarm around 90 % but inside the 2-point hysteresis band: one alert, not five."""
+    sc = Scenario("hysteresis_spo2")
+    t = 0
+    sc.series("spo2", 0, MIN, 97.0)
+    t = MIN
+    for _ in range(5):
+        sc.series("spo2", t, t + 20 * S, 87.0)
+        sc.series("spo2", t + 20 * S, t + 40 * S, 91.0)
+        t += 40 * S
+    sc.series("spo2", t, t + MIN, 96.0)
+    sc.expect["spo2_low"] = (MIN + 10 * S, MIN + 10 * S)  # third reading under 90: 15 s held
+    sc.alerts_of["spo2_low"] = 1
+    return sc
 
 
 def normal_patient() -> Scenario:

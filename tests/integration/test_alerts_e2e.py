@@ -70,7 +70,7 @@ async def test_every_rule_end_to_end(tmp_path: Path, ward: str, tuned_mqtt_url: 
             messages.append(SimMessage(m.topic, m.payload, m.received_ms, patient, m.topic.rsplit("/", 1)[1]))
     messages.sort(key=lambda m: m.ts_ms)
     settings = make_settings(tmp_path, ward=ward, mqtt_url=tuned_mqtt_url, dsn=pg_dsn,
-                             protocol=broker_protocol(tuned_mqtt_url))
+                             protocol=broker_protocol(tuned_mqtt_url), alarms_escalate_high_s=3)
     feed = AlertFeed(tuned_mqtt_url, ward)
     try:
         async with running(settings) as daemon, aiohttp.ClientSession() as http:
@@ -99,6 +99,14 @@ async def test_every_rule_end_to_end(tmp_path: Path, ward: str, tuned_mqtt_url: 
                     assert alert["ward"] == ward and alert["message"] and alert["kind"] and alert["priority"]
                 for rule in sc.forbid:
                     assert (patient, rule) not in got, (sc.name, rule)
+                for rule, n in sc.alerts_of.items():  # hysteresis: no flapping through the whole path
+                    ids = {a["id"] for a in feed.snapshot() if a["patient"] == patient and a["rule"] == rule}
+                    assert len(ids) == n, (sc.name, rule, len(ids))
+
+            # unacknowledged high-priority alerts escalate on the wall clock (3 s here, 60 s by default)
+            asystole = got[(next(p for p, sc in scenarios.items() if sc.name == "ecg_asystole"), "ecg_asystole")]
+            assert await wait_until(lambda: any(
+                a["id"] == asystole["id"] and a["state"] == "escalated" for a in feed.snapshot()), 15)
 
             # acknowledged through the API, the change goes out on MQTT too
             desat = got[(next(p for p, sc in scenarios.items() if sc.name == "spo2_desat"), "spo2_desat")]

@@ -50,3 +50,5 @@ def test_scenario(sc: Scenario) -> None:
         assert raised[rule].patient_state == ("asleep" if sc.asleep else "unknown")
     for rule in sc.forbid:
         assert rule not in raised, f"{rule} must not be raised in {sc.name}: {raised[rule].message}"
+    for rule, n in sc.alerts_of.items():
+        assert len({a.id for a in alerts if a.rule == rule}) == n, rule
