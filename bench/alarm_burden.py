@@ -1,6 +1,7 @@
 """Alarm burden and detection on a simulated 24-h ward day, replayed through the default rules.
 
-    python -m bench.alarm_burden [--patients 20] [--hours 24] [--seed 1] [--json bench/results/alarm_burden.json]
+    python -m bench.alarm_burden [--patients 20] [--hours 24] [--seed 1] [--deteriorations N]
+                                 [--json bench/results/alarm_burden.json]
 
 The simulator's ward day (``monitorme.sim.wardday``) has every patient's normal physiology with
 the artifacts real monitors see (motion spikes in heart rate, SpO2 dips when a probe slips, a probe
@@ -40,10 +41,11 @@ GRACE_MS = 10 * 60_000  # an alert this soon after a deterioration ended still b
 _LIMITS = DecodeLimits(max_age_ms=10**13, max_future_ms=10**13)
 
 
-def replay_day(patients: int, hours: float, seed: int) -> tuple[Any, list[Deterioration], dict[str, Any]]:
+def replay_day(patients: int, hours: float, seed: int,
+               deteriorations: int | None = None) -> tuple[Any, list[Deterioration], dict[str, Any]]:
     registry = load_pipelines()
     rules = load_rules(registry)
-    stream, script = ward_day("day", patients, START_MS, hours=hours, seed=seed)
+    stream, script = ward_day("day", patients, START_MS, hours=hours, seed=seed, deteriorations=deteriorations)
     replayer = Replayer("day", rules)
     crossings: dict[tuple[str, str], int] = {}  # (patient, primary rule) -> first reading meeting it
     watch = {(d.patient, d.primary): d for d in script}
@@ -142,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patients", type=int, default=20)
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--deteriorations", type=int, help="how many patients deteriorate (default ~1 in 5)")
     parser.add_argument("--json", default="bench/results/alarm_burden.json")
     args = parser.parse_args(argv)
-    report, script, extra = replay_day(args.patients, args.hours, args.seed)
+    report, script, extra = replay_day(args.patients, args.hours, args.seed, args.deteriorations)
     result = evaluate(report, script, extra)
     print(f"{result['patients']} patients, {result['patient_days']} patient-days, {result['readings']:,} readings "
           f"replayed in {result['replay']['seconds']} s")
