@@ -84,6 +84,7 @@ class PatientState:
     news2_ts: int = -1
     news2_total: int | None = None
     news2: News2 | None = None
+    latest: dict[str, tuple[int, Any]] = field(default_factory=dict)  # vital -> (ts, value) for screens
 
     def status(self) -> dict[str, Any]:
         """What a screen shows beside the vitals: sleep state, NEWS2 and open alerts."""
@@ -169,6 +170,8 @@ class Analyzer:
         vital = reading.vital
         ps.last_received_wall[vital] = max(wall_ms, ps.last_received_wall.get(vital, 0))
         ps.last_ts[vital] = max(reading.ts_ms, ps.last_ts.get(vital, reading.ts_ms))
+        if reading.ts_ms >= ps.latest.get(vital, (reading.ts_ms, None))[0]:
+            ps.latest[vital] = (reading.ts_ms, reading.value)
         self._resolve_technical(ps, vital, reading, out)
         value = reading.value
         if vital == "sleep" and isinstance(value, str):

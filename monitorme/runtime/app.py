@@ -30,7 +30,8 @@ from monitorme.errors import ConfigError, StoreError
 from monitorme.metrics import Metrics
 from monitorme.runtime.processor import Processor
 from monitorme.web.app import create_app
-from monitorme.web.auth import TokenBook
+from monitorme.web.auth import Principal, TokenBook
+from monitorme.web.hub import StationHub, reading_value
 
 log = logging.getLogger(__name__)
 _HOUR_S = 3600
@@ -125,12 +126,14 @@ class Daemon:
         )
         self._stack.push_async_callback(self.writer.aclose)
         self.alert_publisher = MqttAlertPublisher(self.source, s.ward, self.metrics)
+        self.hub = StationHub(self.metrics, self.patient_station)
         self.processor = Processor(self.source, self.engine, self.writer, self.metrics, self.dispatch,
                                    batch_max=s.ingest_batch_max)
         app = create_app(self.reader, self.metrics, self.tokens, self.readiness, self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._stack.push_async_callback(self._runner.cleanup)
+        self._stack.push_async_callback(self.hub.aclose)  # sockets close (1001) before the server goes
         host, port = s.http_host_port
         site = web.TCPSite(self._runner, host, port)
         try:
@@ -166,6 +169,7 @@ class Daemon:
             for alert in out.alerts:
                 self.metrics.inc("monitorme_alert_changes_total", priority=alert.priority.value,
                                  state=alert.state.value)
+        self.hub.publish(out.readings, out.alerts, out.scores)
         for fault in out.faults:
             self.metrics.inc("monitorme_analysis_faults_total", vital=fault.vital)
             log.error("analysis_fault", extra={"patient": fault.patient, "vital": fault.vital, "error": fault.error})
@@ -187,6 +191,25 @@ class Daemon:
     def patient_status(self, patient: str) -> dict[str, Any] | None:
         ps = self.engine.analyzer.patients.get(patient)
         return ps.status() if ps is not None else None
+
+    def station_hello(self, station: str) -> dict[str, Any]:
+        """The ``hello`` frame: every patient of the station with latest vitals, NEWS2 and open alerts."""
+        patients = []
+        for ps in sorted(self.engine.analyzer.patients.values(), key=lambda p: p.patient):
+            if ps.station != station:
+                continue
+            latest = {v: {"ts": ts, "value": reading_value(value)} for v, (ts, value) in ps.latest.items()}
+            patients.append({"patient": ps.patient, "latest": latest,
+                             "alerts": [a.as_json() for a in ps.open_alerts.values()], **ps.status()})
+        return {"type": "hello", "station": station, "patients": patients}
+
+    async def serve_station(self, request: web.Request, station: str, who: Principal) -> web.StreamResponse:
+        def on_ack(alert_id: str) -> None:
+            alert = next((a for a in self.open_alerts() if a.id == alert_id), None)
+            if alert is not None and who.may_see_station(self.patient_station(alert.patient)):
+                self.acknowledge(alert_id, who.name)
+
+        return await self.hub.serve(request, station, who.name, self.station_hello(station), on_ack)
 
     def validate_thresholds(self, raw: dict[str, object]) -> dict[str, dict[str, object]]:
         return validate_overrides(self.rules.rules, raw)

@@ -25,6 +25,8 @@ class Control(Protocol):
     def open_alerts(self, patient: str | None = None) -> list[Alert]: ...
     def patient_station(self, patient: str) -> str | None: ...
     def patient_status(self, patient: str) -> dict[str, Any] | None: ...
+    def station_hello(self, station: str) -> dict[str, Any]: ...
+    async def serve_station(self, request: web.Request, station: str, who: Principal) -> web.StreamResponse: ...
     def validate_thresholds(self, raw: dict[str, object]) -> dict[str, dict[str, object]]: ...
     def patient_changed(self, patient: str, station: str | None, thresholds: dict[str, object]) -> None: ...
 
@@ -193,6 +195,17 @@ async def history(request: web.Request) -> web.Response:
     return json_response({"patient": patient, "vitals": {v: r for v, r in vitals.items() if r}})
 
 
+async def station_socket(request: web.Request) -> web.StreamResponse:
+    """``GET /ws/stations/{station}?token=T``: a station token for this station, or a clinician/admin."""
+    who = principal(request)
+    station = request.match_info["station"]
+    if not ID_PATTERN.match(station):
+        raise error(400, "bad_station", f"station id must match {ID_PATTERN.pattern}")
+    if not who.may_see_station(station):
+        raise error(403, "forbidden", "this token belongs to another station")
+    return await request.app[CONTROL].serve_station(request, station, who)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -202,3 +215,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/patients/{patient}/history", history)
     app.router.add_get("/api/alerts", list_alerts)
     app.router.add_post("/api/alerts/{alert_id}/ack", ack_alert)
+    app.router.add_get("/ws/stations/{station}", station_socket)
