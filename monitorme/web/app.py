@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -13,6 +14,7 @@ from monitorme.web import api
 from monitorme.web.auth import NO_AUTH, TokenBook
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -21,7 +23,7 @@ def auth_middleware(tokens: TokenBook | None, metrics: Metrics) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or request.path.startswith("/static/"):
             return await handler(request)
         if tokens is None:
             request[api.PRINCIPAL] = NO_AUTH
@@ -52,4 +54,14 @@ def create_app(
     app[api.READY] = ready
     app[api.CONTROL] = control
     api.add_routes(app)
+    app.router.add_get("/stations/{station}", station_page)
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)
     return app
+
+
+async def station_page(request: web.Request) -> web.StreamResponse:
+    """The station screen (static; its WebSocket carries the token and the station's patients)."""
+    who = request[api.PRINCIPAL]
+    if not who.may_see_station(request.match_info["station"]):
+        raise api.error(403, "forbidden", "this token belongs to another station")
+    return web.FileResponse(STATIC_DIR / "station.html", headers={"Cache-Control": "no-store"})

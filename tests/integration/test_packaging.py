@@ -33,6 +33,7 @@ def test_wheel_ships_the_data_directories(wheel: Path) -> None:
         packed = {n.rsplit("/", 1)[-1] for n in names if n.startswith(f"monitorme/_data/{folder}/")}
         assert shipped <= packed, folder
     assert "monitorme/_data/rules/README.md" in names
+    assert {"monitorme/web/static/station.html", "monitorme/web/static/station.js"} <= names
 
 
 def test_installed_package_works_outside_the_source_tree(wheel: Path, tmp_path: Path) -> None:

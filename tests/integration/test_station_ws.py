@@ -48,6 +48,15 @@ async def test_station_screen_feed(tmp_path: Path, ward: str, tuned_mqtt_url: st
         await asyncio.to_thread(publish, [msg(ward, "p1", "heart_rate", t0, 72.0)], tuned_mqtt_url)
         await asyncio.sleep(0.3)
 
+        # the screen itself: static, no CDN, behind the station's token
+        async with http.get(f"{url}/stations/s1?token=s1-token-0001") as r:
+            page = await r.text()
+            assert r.status == 200 and "/static/station.js" in page and "http" not in page.split("<body>")[1]
+        async with http.get(f"{url}/stations/s1?token=s2-token-0001") as r:
+            assert r.status == 403
+        async with http.get(f"{url}/static/station.js") as r:
+            assert r.status == 200 and "WebSocket" in await r.text()
+
         ws_url = url.replace("http", "ws") + "/ws/stations/s1"
         async with http.get(ws_url) as r:
             assert r.status == 401
