@@ -1,0 +1,62 @@
+"""The station page in a real headless Chromium against the real daemon: tiles, values, alerts, live."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from monitorme.sim.model import SimMessage
+from monitorme.sim.publisher import publish
+from tests.conftest import broker_protocol
+from tests.integration.daemon_harness import ADMIN, base_url, make_settings, running
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.integration, pytest.mark.asyncio,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/run installs it)"),
+]
+
+
+def msg(ward: str, patient: str, vital: str, ts: int, value: object) -> SimMessage:
+    return SimMessage(f"monitorme/{ward}/{patient}/{vital}", orjson.dumps({"ts": ts, "value": value}), ts, patient,
+                      vital)
+
+
+async def test_station_page_shows_patients_values_and_alerts(tmp_path: Path, ward: str, tuned_mqtt_url: str,
+                                                              pg_dsn: str) -> None:
+    import aiohttp
+
+    settings = make_settings(tmp_path, ward=ward, mqtt_url=tuned_mqtt_url, dsn=pg_dsn,
+                             protocol=broker_protocol(tuned_mqtt_url))
+    now = int(time.time() * 1000)
+    async with running(settings) as daemon, aiohttp.ClientSession() as http:
+        url = base_url(daemon)
+        for patient, station in (("p1", "s1"), ("p2", "s1"), ("p9", "s2")):
+            async with http.put(f"{url}/api/patients/{patient}", json={"station": station}, headers=ADMIN) as r:
+                assert r.status == 200
+        readings = [msg(ward, "p1", "heart_rate", now - 5000 + i * 500, 71.0 + i % 3) for i in range(8)]
+        readings += [msg(ward, "p1", "blood_pressure", now - 4000, {"systolic": 118, "diastolic": 76}),
+                     msg(ward, "p2", "spo2", now - 3000, 75.0), msg(ward, "p9", "heart_rate", now - 3000, 99.0)]
+        await asyncio.to_thread(publish, readings, tuned_mqtt_url)
+        await asyncio.sleep(0.5)
+        page = f"{url}/stations/s1?token=s1-token-0001"
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=5000", "--dump-dom", page],
+            capture_output=True, text=True, timeout=90,
+        )
+    dom = done.stdout
+    assert "station s1" in dom, done.stderr[-2000:]
+    assert 'class="conn ok"' in dom and ">live<" in dom
+    assert "Patient p1" in dom and "Patient p2" in dom and "p9" not in dom  # only this station's patients
+    assert ">118/76<" in dom  # blood pressure as the screen shows it
+    assert "*** SpO2 75%" in dom and "prio-high" in dom  # the high-priority alert, IEC prefix and colour
+    assert "Acknowledge" in dom
