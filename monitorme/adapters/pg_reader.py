@@ -65,7 +65,8 @@ class PgReader:
 
     async def patients(self, station: str | None = None) -> list[PatientRow]:
         sql = (
-            "SELECT patient_id, station, bed, thresholds, admitted_at FROM patients WHERE ward = $1"
+            "SELECT patient_id, station, bed, thresholds, admitted_at FROM patients"
+            " WHERE ward = $1 AND discharged_at IS NULL"
             + (" AND station = $2" if station is not None else "")
             + " ORDER BY patient_id"
         )
@@ -76,7 +77,7 @@ class PgReader:
     async def patient(self, patient: str) -> PatientRow | None:
         row = await self.pool.fetchrow(
             "SELECT patient_id, station, bed, thresholds, admitted_at FROM patients"
-            " WHERE ward = $1 AND patient_id = $2", self.ward, patient,
+            " WHERE ward = $1 AND patient_id = $2 AND discharged_at IS NULL", self.ward, patient,
         )
         return _patient(row) if row else None
 
@@ -90,7 +91,7 @@ class PgReader:
             "  station = CASE WHEN $6 THEN EXCLUDED.station ELSE patients.station END,"
             "  bed = CASE WHEN $7 THEN EXCLUDED.bed ELSE patients.bed END,"
             "  thresholds = patients.thresholds || COALESCE($5::jsonb, '{}'::jsonb),"
-            "  updated_at = now()"
+            "  discharged_at = NULL, updated_at = now()"
             " RETURNING patient_id, station, bed, thresholds, admitted_at",
             self.ward, patient, station, bed,
             orjson.dumps(thresholds).decode() if thresholds is not None else None,
@@ -150,6 +151,14 @@ class PgReader:
             value = orjson.loads(r["doc"])
         return Reading(PatientId(r["patient_id"]), r["vital"], r["ts"], value, r["device"], r["seq"],
                        r["received_at"])
+
+    async def discharge(self, patient: str) -> bool:
+        """Take a patient off the lists (readings stay for their 24 h); False if not admitted."""
+        status: str = await self.pool.execute(
+            "UPDATE patients SET discharged_at = now(), station = NULL, updated_at = now()"
+            " WHERE ward = $1 AND patient_id = $2 AND discharged_at IS NULL", self.ward, patient,
+        )
+        return status.endswith(" 1")
 
     async def history(self, patient: str, vital: str, from_ms: int, to_ms: int,
                       max_points: int | None) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import orjson
 from monitorme.adapters import partitions
 from monitorme.adapters.pg_codecs import init_connection
 from monitorme.core.alerts import Alert
-from monitorme.core.model import Outputs, Reading, Rejection, Waveform
+from monitorme.core.model import AuditEntry, Outputs, Reading, Rejection, Waveform
 from monitorme.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class _Pending:
     rejections: list[Rejection] = field(default_factory=list)
     admitted: list[str] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
     acks: list[object] = field(default_factory=list)
     rows: int = 0
     since: float = 0.0
@@ -117,13 +118,15 @@ class PgWriter:
     def submit(self, outputs: Outputs, acks: Sequence[object]) -> None:
         """Queue one engine output and the acks of the messages that produced it."""
         p = self._pending
-        n = len(outputs.readings) + len(outputs.rejections) + len(outputs.admitted) + len(outputs.alerts)
+        n = (len(outputs.readings) + len(outputs.rejections) + len(outputs.admitted) + len(outputs.alerts)
+             + len(outputs.audit))
         if p.rows == 0 and not p.acks:
             p.since = time.monotonic()
         p.readings.extend(outputs.readings)
         p.rejections.extend(outputs.rejections)
         p.admitted.extend(outputs.admitted)
         p.alerts.extend(outputs.alerts)
+        p.audit.extend(outputs.audit)
         p.acks.extend(acks)
         p.rows += n
         if n or acks:
@@ -279,11 +282,19 @@ class PgWriter:
             if batch.admitted:
                 await conn.execute(
                     "INSERT INTO patients (ward, patient_id) SELECT $1, unnest($2::text[])"
-                    " ON CONFLICT DO NOTHING",
+                    " ON CONFLICT (ward, patient_id) DO UPDATE SET discharged_at = NULL, admitted_at = now(),"
+                    " station = NULL WHERE patients.discharged_at IS NOT NULL",
                     ward, batch.admitted,
                 )
             if batch.alerts:
                 await self._write_alerts(conn, batch.alerts)
+            if batch.audit:
+                await conn.copy_records_to_table(
+                    "audit",
+                    records=[(e.at_ms, ward, e.actor, e.role, e.action, e.patient, e.alert_id, e.detail)
+                             for e in batch.audit],
+                    columns=("at", "ward", "actor", "role", "action", "patient_id", "alert_id", "detail"),
+                )
         m = self.metrics
         m.inc("monitorme_stored_total", stored)
         m.inc("monitorme_duplicates_total", len(records) - stored, caught="database")

@@ -136,6 +136,17 @@ class Analyzer:
             ps.overrides = {k: dict(v) for k, v in overrides.items()}
             ps.variants.clear()
 
+    def discharge(self, patient: str, wall_ms: int, out: AnalysisOutputs) -> None:
+        """The patient left: close every open alert (monitoring ended) and free the state."""
+        ps = self.patients.get(patient)
+        if ps is None:
+            return
+        for alert in list(ps.open_alerts.values()):
+            after = replace(alert, state=AlertState.RESOLVED, condition_active=False,
+                            message=f"Patient discharged: {alert.message}")
+            self._change(ps, alert, after, out)
+        self.evict(patient)
+
     def evict(self, patient: str) -> None:
         ps = self.patients.pop(patient, None)
         if ps is not None:

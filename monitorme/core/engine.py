@@ -123,6 +123,13 @@ class Engine:
         self._known.add(patient)
         self.analyzer.set_patient(patient, station, thresholds)
 
+    def discharge(self, patient: str, now_ms: int) -> Outputs:
+        """Close the patient's alerts and forget its state; a new reading admits it again."""
+        out = Outputs()
+        self._carry(out, lambda a: self.analyzer.discharge(patient, now_ms, a))
+        self.evict(patient)
+        return out
+
     def reload_rules(self, rules: RuleSet) -> None:
         self.analyzer.reload(rules)
 

@@ -80,6 +80,19 @@ class Rejection:
     received_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One write by a person, for the audit table (who acknowledged, moved, changed, uploaded)."""
+
+    at_ms: int
+    actor: str
+    role: str
+    action: str
+    patient: str | None = None
+    alert_id: str | None = None
+    detail: str = "{}"  # JSON text
+
+
 @dataclass(slots=True)
 class Outputs:
     """What one engine call produced, for the sinks to carry out.
@@ -96,3 +109,4 @@ class Outputs:
     scores: list[ScoreUpdate] = field(default_factory=list)
     late: int = 0
     faults: list[Fault] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)

@@ -12,6 +12,7 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 import asyncpg
+import orjson
 from aiohttp import web
 
 from monitorme.adapters import partitions
@@ -24,7 +25,7 @@ from monitorme.config import Settings, load_pipelines, load_rules
 from monitorme.core.alerts import AlarmPolicy, Alert, Priority
 from monitorme.core.decode import DecodeLimits
 from monitorme.core.engine import Engine, EngineConfig
-from monitorme.core.model import Outputs
+from monitorme.core.model import AuditEntry, Outputs
 from monitorme.core.rules import validate_overrides
 from monitorme.errors import ConfigError, StoreError
 from monitorme.metrics import Metrics
@@ -192,6 +193,16 @@ class Daemon:
         ps = self.engine.analyzer.patients.get(patient)
         return ps.status() if ps is not None else None
 
+    def audit(self, who: Principal, action: str, patient: str | None = None, alert_id: str | None = None,
+              detail: dict[str, Any] | None = None) -> None:
+        """Record who did what; written with the next batch (never the token itself)."""
+        entry = AuditEntry(_now_ms(), who.name, who.role.value, action, patient, alert_id,
+                           orjson.dumps(detail or {}).decode())
+        self.dispatch(Outputs(audit=[entry]), [])
+
+    def discharged(self, patient: str) -> None:
+        self.dispatch(self.engine.discharge(patient, _now_ms()), [])
+
     def station_hello(self, station: str) -> dict[str, Any]:
         """The ``hello`` frame: every patient of the station with latest vitals, NEWS2 and open alerts."""
         patients = []
@@ -206,8 +217,10 @@ class Daemon:
     async def serve_station(self, request: web.Request, station: str, who: Principal) -> web.StreamResponse:
         def on_ack(alert_id: str) -> None:
             alert = next((a for a in self.open_alerts() if a.id == alert_id), None)
-            if alert is not None and who.may_see_station(self.patient_station(alert.patient)):
-                self.acknowledge(alert_id, who.name)
+            if alert is None or not who.may_see_station(self.patient_station(alert.patient)):
+                return  # not this screen's patient, or nothing open: ignored
+            if self.acknowledge(alert_id, who.name) is not None:
+                self.audit(who, "acknowledge", alert.patient, alert_id, {"rule": alert.rule, "via": "station"})
 
         return await self.hub.serve(request, station, who.name, self.station_hello(station), on_ack)
 

@@ -26,6 +26,9 @@ class Control(Protocol):
     def patient_station(self, patient: str) -> str | None: ...
     def patient_status(self, patient: str) -> dict[str, Any] | None: ...
     def station_hello(self, station: str) -> dict[str, Any]: ...
+    def audit(self, who: Principal, action: str, patient: str | None = None, alert_id: str | None = None,
+              detail: dict[str, Any] | None = None) -> None: ...
+    def discharged(self, patient: str) -> None: ...
     async def serve_station(self, request: web.Request, station: str, who: Principal) -> web.StreamResponse: ...
     def validate_thresholds(self, raw: dict[str, object]) -> dict[str, dict[str, object]]: ...
     def patient_changed(self, patient: str, station: str | None, thresholds: dict[str, object]) -> None: ...
@@ -136,6 +139,7 @@ async def put_patient(request: web.Request) -> web.Response:
             raise error(400, "bad_thresholds", f"{exc.key}: {exc.problem}") from None
     row = await request.app[READER].put_patient(patient, station, bed, thresholds)
     control.patient_changed(patient, row.station, row.thresholds)  # applied to the analysis at once
+    control.audit(who, "put_patient", patient, detail={k: v for k, v in body.items()})
     return json_response(row.as_json())
 
 
@@ -163,7 +167,24 @@ async def ack_alert(request: web.Request) -> web.Response:
     if not who.may_see_station(control.patient_station(found.patient)):
         raise error(403, "forbidden", "this token's station does not watch that patient")
     changed = control.acknowledge(alert_id, who.name)
+    if changed is not None:
+        control.audit(who, "acknowledge", found.patient, alert_id, {"rule": found.rule, "via": "api"})
     return json_response({"alert": (changed or found).as_json()})
+
+
+async def discharge_patient(request: web.Request) -> web.Response:
+    """``DELETE /api/patients/{patient}`` (admin): closes its alerts, frees its state; readings stay 24 h."""
+    who = principal(request)
+    if who.role is not Role.ADMIN:
+        raise error(403, "forbidden", "only admin tokens may discharge patients")
+    patient = request.match_info["patient"]
+    check_patient_id(patient)
+    if not await request.app[READER].discharge(patient):
+        raise error(404, "unknown_patient", f"no admitted patient {patient!r} in this ward")
+    control = request.app[CONTROL]
+    control.discharged(patient)
+    control.audit(who, "discharge", patient)
+    return json_response({"patient": patient, "discharged": True})
 
 
 async def history(request: web.Request) -> web.Response:
@@ -212,6 +233,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/patients", list_patients)
     app.router.add_put("/api/patients/{patient}", put_patient)
+    app.router.add_delete("/api/patients/{patient}", discharge_patient)
     app.router.add_get("/api/patients/{patient}/history", history)
     app.router.add_get("/api/alerts", list_alerts)
     app.router.add_post("/api/alerts/{alert_id}/ack", ack_alert)

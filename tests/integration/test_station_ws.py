@@ -96,3 +96,49 @@ async def test_station_screen_feed(tmp_path: Path, ward: str, tuned_mqtt_url: st
         await frames_until(screen, acked)
         await screen.close()
         await clinician.close()
+
+
+async def test_audit_and_discharge(tmp_path: Path, ward: str, tuned_mqtt_url: str, pg_dsn: str) -> None:
+    import asyncpg
+
+    from tests.integration.daemon_harness import CLINICIAN, get_json
+
+    settings = make_settings(tmp_path, ward=ward, mqtt_url=tuned_mqtt_url, dsn=pg_dsn,
+                             protocol=broker_protocol(tuned_mqtt_url))
+    t0 = int(time.time() * 1000) - 60_000
+    async with running(settings) as daemon, aiohttp.ClientSession() as http:
+        url = base_url(daemon)
+        async with http.put(f"{url}/api/patients/p1", json={"station": "s1", "bed": "b2"}, headers=ADMIN) as r:
+            assert r.status == 200
+        await asyncio.to_thread(publish, [msg(ward, "p1", "spo2", t0, 75.0)], tuned_mqtt_url)
+        alert: dict[str, Any] = {}
+        deadline = time.monotonic() + 10
+        while not alert:
+            assert time.monotonic() < deadline
+            status, body = await get_json(http, f"{url}/api/alerts?patient=p1&state=open", CLINICIAN)
+            alert = next(iter(body["alerts"]), {})  # type: ignore[index]
+            await asyncio.sleep(0.1)
+        async with http.post(f"{url}/api/alerts/{alert['id']}/ack", headers=CLINICIAN) as r:
+            assert r.status == 200
+        async with http.delete(f"{url}/api/patients/p1", headers=CLINICIAN) as r:
+            assert r.status == 403
+        async with http.delete(f"{url}/api/patients/p1", headers=ADMIN) as r:
+            assert r.status == 200
+        status, body = await get_json(http, f"{url}/api/patients", CLINICIAN)
+        assert status == 200 and body["patients"] == []  # type: ignore[index]
+        assert daemon.open_alerts("p1") == []
+        await asyncio.sleep(0.3)  # the audit rows go with the writer's next batch
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT actor, role, action, patient_id, alert_id::text AS alert FROM audit ORDER BY id")
+        assert [(r["role"], r["action"], r["patient_id"]) for r in rows] == [
+            ("admin", "put_patient", "p1"), ("clinician", "acknowledge", "p1"), ("admin", "discharge", "p1")]
+        assert rows[1]["alert"] == alert["id"]
+        text = " ".join(str(dict(r)) for r in rows)
+        assert "token" not in text  # names, never secrets
+        states = [r["state"] for r in await conn.fetch(
+            "SELECT state FROM alert_events WHERE alert_id = $1::uuid ORDER BY id", alert["id"])]
+        assert states[-1] == "resolved"
+    finally:
+        await conn.close()
