@@ -32,7 +32,7 @@ from monitorme.metrics import Metrics
 from monitorme.runtime.processor import Processor
 from monitorme.web.app import create_app
 from monitorme.web.auth import Principal, TokenBook
-from monitorme.web.hub import StationHub, reading_value
+from monitorme.web.hub import WARD, StationHub, reading_value
 
 log = logging.getLogger(__name__)
 _HOUR_S = 3600
@@ -207,6 +207,11 @@ class Daemon:
         """The ``hello`` frame: every patient of the station with latest vitals, NEWS2 and open alerts."""
         patients = []
         for ps in sorted(self.engine.analyzer.patients.values(), key=lambda p: p.patient):
+            if station == WARD:  # the clinicians' feed: every patient with something open
+                if ps.open_alerts:
+                    patients.append({"patient": ps.patient, "station": ps.station, "latest": {},
+                                     "alerts": [a.as_json() for a in ps.open_alerts.values()], **ps.status()})
+                continue
             if ps.station != station:
                 continue
             latest = {v: {"ts": ts, "value": reading_value(value)} for v, (ts, value) in ps.latest.items()}

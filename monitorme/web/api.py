@@ -16,6 +16,7 @@ from monitorme.core.decode import ID_PATTERN
 from monitorme.errors import ConfigError
 from monitorme.metrics import Metrics
 from monitorme.web.auth import Principal, Role
+from monitorme.web.hub import WARD
 
 
 class Control(Protocol):
@@ -227,6 +228,14 @@ async def station_socket(request: web.Request) -> web.StreamResponse:
     return await request.app[CONTROL].serve_station(request, station, who)
 
 
+async def ward_alert_socket(request: web.Request) -> web.StreamResponse:
+    """``GET /ws/alerts?token=T``: every alert change of the ward, for clinicians' phones."""
+    who = principal(request)
+    if who.role is Role.STATION:
+        raise error(403, "forbidden", "the ward's alert feed is for clinician and admin tokens")
+    return await request.app[CONTROL].serve_station(request, WARD, who)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -238,3 +247,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/alerts", list_alerts)
     app.router.add_post("/api/alerts/{alert_id}/ack", ack_alert)
     app.router.add_get("/ws/stations/{station}", station_socket)
+    app.router.add_get("/ws/alerts", ward_alert_socket)

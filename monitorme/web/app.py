@@ -11,7 +11,7 @@ from aiohttp.typedefs import Middleware
 from monitorme.adapters.pg_reader import PgReader
 from monitorme.metrics import Metrics
 from monitorme.web import api
-from monitorme.web.auth import NO_AUTH, TokenBook
+from monitorme.web.auth import NO_AUTH, Role, TokenBook
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -55,8 +55,16 @@ def create_app(
     app[api.CONTROL] = control
     api.add_routes(app)
     app.router.add_get("/stations/{station}", station_page)
+    app.router.add_get("/alerts", phone_page)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)
     return app
+
+
+async def phone_page(request: web.Request) -> web.StreamResponse:
+    """The clinician's phone view of the ward's open alerts (live; browser notifications)."""
+    if request[api.PRINCIPAL].role is Role.STATION:
+        raise api.error(403, "forbidden", "the ward's alerts are for clinician and admin tokens")
+    return web.FileResponse(STATIC_DIR / "alerts.html", headers={"Cache-Control": "no-store"})
 
 
 async def station_page(request: web.Request) -> web.StreamResponse:

@@ -28,6 +28,7 @@ from monitorme.metrics import Metrics
 
 log = logging.getLogger(__name__)
 COALESCE_S = 0.05
+WARD = "*"  # the clinicians' feed: every patient's alerts, no vitals
 
 
 def reading_value(value: object) -> Any:
@@ -87,10 +88,11 @@ class StationHub:
                                                      "news2": score})
 
     def _frame(self, station: str | None, frame: dict[str, Any]) -> None:
-        if station is None:
-            return
         text = dumps(frame)
-        for client in list(self.clients.get(station, ())):
+        watchers = list(self.clients.get(station, ())) if station is not None else []
+        if frame["type"] == "alert":
+            watchers += self.clients.get(WARD, ())  # clinicians' phones see every alert of the ward
+        for client in watchers:
             if len(client.frames) >= self.max_pending_alerts:
                 self._drop(client, "too_slow")
                 continue

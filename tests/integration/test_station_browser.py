@@ -60,3 +60,32 @@ async def test_station_page_shows_patients_values_and_alerts(tmp_path: Path, war
     assert ">118/76<" in dom  # blood pressure as the screen shows it
     assert "*** SpO2 75%" in dom and "prio-high" in dom  # the high-priority alert, IEC prefix and colour
     assert "Acknowledge" in dom
+
+
+async def test_phone_view_lists_the_wards_open_alerts(tmp_path: Path, ward: str, tuned_mqtt_url: str,
+                                                      pg_dsn: str) -> None:
+    import aiohttp
+
+    settings = make_settings(tmp_path, ward=ward, mqtt_url=tuned_mqtt_url, dsn=pg_dsn,
+                             protocol=broker_protocol(tuned_mqtt_url))
+    now = int(time.time() * 1000)
+    async with running(settings) as daemon, aiohttp.ClientSession() as http:
+        url = base_url(daemon)
+        async with http.get(f"{url}/alerts?token=s1-token-0001") as r:
+            assert r.status == 403  # a station screen does not get the ward's feed
+        await asyncio.to_thread(publish, [msg(ward, "p3", "spo2", now - 2000, 76.0),
+                                          msg(ward, "p4", "glucose", now - 2000, 60.0)], tuned_mqtt_url)
+        await asyncio.sleep(0.5)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=4000", "--dump-dom",
+             f"{url}/alerts?token=clinician-token-1"],
+            capture_output=True, text=True, timeout=90,
+        )
+    dom = done.stdout
+    assert ">live<" in dom, done.stderr[-2000:]
+    assert "*** p3" in dom and "** p4" in dom  # unassigned patients too: clinicians see the whole ward
+    assert dom.index("*** p3") < dom.index("** p4")  # highest priority first
+    assert "/patients/p3?token=" in dom
