@@ -56,8 +56,15 @@ def create_app(
     api.add_routes(app)
     app.router.add_get("/stations/{station}", station_page)
     app.router.add_get("/alerts", phone_page)
+    app.router.add_get("/patients/{patient}", history_page)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)
     return app
+
+
+async def history_page(request: web.Request) -> web.StreamResponse:
+    """A patient's 24-h review (charts, alerts on the time line) for clinicians and that patient's station."""
+    await api.visible_patient(request, request.match_info["patient"])
+    return web.FileResponse(STATIC_DIR / "history.html", headers={"Cache-Control": "no-store"})
 
 
 async def phone_page(request: web.Request) -> web.StreamResponse:

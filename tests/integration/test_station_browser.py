@@ -89,3 +89,35 @@ async def test_phone_view_lists_the_wards_open_alerts(tmp_path: Path, ward: str,
     assert "*** p3" in dom and "** p4" in dom  # unassigned patients too: clinicians see the whole ward
     assert dom.index("*** p3") < dom.index("** p4")  # highest priority first
     assert "/patients/p3?token=" in dom
+
+
+async def test_history_page_charts_the_range_and_lists_alerts(tmp_path: Path, ward: str, tuned_mqtt_url: str,
+                                                              pg_dsn: str) -> None:
+    import aiohttp
+
+    settings = make_settings(tmp_path, ward=ward, mqtt_url=tuned_mqtt_url, dsn=pg_dsn,
+                             protocol=broker_protocol(tuned_mqtt_url))
+    now = int(time.time() * 1000)
+    readings = [msg(ward, "p5", "heart_rate", now - 3_000_000 + i * 2000, 70.0 + i % 9) for i in range(1400)]
+    readings += [msg(ward, "p5", "spo2", now - 60_000, 75.0)]
+    async with running(settings) as daemon, aiohttp.ClientSession() as http:
+        url = base_url(daemon)
+        await asyncio.to_thread(publish, readings, tuned_mqtt_url)
+        await asyncio.sleep(0.5)
+        async with http.get(f"{url}/patients/p5?token=s1-token-0001") as r:
+            assert r.status == 403  # unassigned: not this station's patient
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,900", "--virtual-time-budget=4000",
+             "--dump-dom", f"{url}/patients/p5?token=clinician-token-1"],
+            capture_output=True, text=True, timeout=90,
+        )
+    dom = done.stdout
+    assert "History · <span id=\"patient\">p5</span>" in dom, done.stderr[-2000:]
+    import re
+
+    points = int(re.search(r'aria-label="Heart rate: (\d+) points"', dom).group(1))  # type: ignore[union-attr]
+    assert 100 <= points < 1400  # downsampled through the history API, not all 1,400 readings
+    assert "SpO2 75% at or below 80%" in dom  # the alert, on the time line and in the list

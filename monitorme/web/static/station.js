@@ -108,7 +108,8 @@ function tile(id, p, focused) {
   el.className = "tile" + (focused ? " focused" : "") + (prio ? " prio-" + prio : "");
   el.setAttribute("aria-label", `Patient ${id}` + (prio ? `, ${prio} priority alert` : ""));
   const n2 = p.news2;
-  el.innerHTML = `<h3><span>${id}</span><span class="news2 ${n2 ? "band-" + n2.band : ""}"
+  el.innerHTML = `<h3><a href="/patients/${encodeURIComponent(id)}?token=${encodeURIComponent(token)}"
+      style="color:inherit">${id}</a><span class="news2 ${n2 ? "band-" + n2.band : ""}"
       title="NEWS2${n2 && n2.partial ? " (partial)" : ""}">${n2 ? "NEWS2 " + n2.total + (n2.partial ? "*" : "") : ""}</span></h3>
     <div class="sleep">${p.state === "asleep" ? "asleep" : p.state === "awake" ? "awake" : ""}</div>`;
   const grid = document.createElement("div");
