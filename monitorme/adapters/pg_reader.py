@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -10,10 +11,12 @@ import asyncpg
 import numpy as np
 import orjson
 
+from monitorme.adapters.fhir_upload import snapshot_state
 from monitorme.adapters.pg_codecs import init_connection
 from monitorme.core.alerts import Alert, alert_from_json
 from monitorme.core.definitions import PipelineRegistry, ValueKind
 from monitorme.core.downsample import change_points, minmax_indices
+from monitorme.core.fhir import snapshot_bundle
 from monitorme.core.model import PatientId, Reading, Waveform
 
 MAX_READINGS = 200_000  # one reply; beyond it the caller must narrow the range or downsample
@@ -151,6 +154,36 @@ class PgReader:
             value = orjson.loads(r["doc"])
         return Reading(PatientId(r["patient_id"]), r["vital"], r["ts"], value, r["device"], r["seq"],
                        r["received_at"])
+
+    async def create_snapshot(self, patient: str, vitals: list[str], from_ms: int, to_ms: int,
+                              requested_by: str) -> dict[str, Any]:
+        """Build the Bundle from stored readings and put it in the outbox (same transaction)."""
+        snapshot_id = str(uuid.uuid4())
+        by_vital: dict[str, list[Reading]] = {v: [] for v in vitals}
+        async for chunk in self.iter_readings(from_ms, to_ms, patient):
+            for r in chunk:
+                if r.vital in by_vital:
+                    by_vital[r.vital].append(r)
+        bundle = snapshot_bundle(snapshot_id, patient, by_vital, from_ms, to_ms)
+        await self.pool.execute(
+            "INSERT INTO snapshots (id, ward, patient_id, requested_by, from_ts, to_ts, bundle)"
+            " VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::jsonb)",
+            snapshot_id, self.ward, patient, requested_by, from_ms, to_ms,
+            orjson.dumps(bundle, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+        found = await self.snapshot(snapshot_id)
+        assert found is not None
+        return found
+
+    async def snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
+        try:
+            uuid.UUID(snapshot_id)
+        except ValueError:
+            return None
+        row = await self.pool.fetchrow(
+            "SELECT id::text AS id, patient_id, state, attempts, last_error, created_at, delivered_at,"
+            " response_status, from_ts, to_ts, bundle FROM snapshots WHERE ward = $1 AND id = $2::uuid",
+            self.ward, snapshot_id)
+        return snapshot_state(row) if row is not None else None
 
     async def discharge(self, patient: str) -> bool:
         """Take a patient off the lists (readings stay for their 24 h); False if not admitted."""

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from monitorme.adapters import partitions
+from monitorme.adapters.fhir_upload import SnapshotUploader
 from monitorme.adapters.migrations import apply_migrations
 from monitorme.adapters.mqtt_alerts import MqttAlertPublisher
 from monitorme.adapters.mqtt_source import MqttSettings, MqttSource
@@ -128,6 +129,9 @@ class Daemon:
         self._stack.push_async_callback(self.writer.aclose)
         self.alert_publisher = MqttAlertPublisher(self.source, s.ward, self.metrics)
         self.hub = StationHub(self.metrics, self.patient_station)
+        self.uploader = (SnapshotUploader(self.pool, s.ward, s.mymedicaldata_url, s.mymedicaldata_token,
+                                          s.mymedicaldata_ca or None, self.metrics)
+                         if s.mymedicaldata_url else None)
         self.processor = Processor(self.source, self.engine, self.writer, self.metrics, self.dispatch,
                                    batch_max=s.ingest_batch_max)
         app = create_app(self.reader, self.metrics, self.tokens, self.readiness, self)
@@ -200,6 +204,13 @@ class Daemon:
                            orjson.dumps(detail or {}).decode())
         self.dispatch(Outputs(audit=[entry]), [])
 
+    def snapshots_enabled(self) -> bool:
+        return self.uploader is not None
+
+    def snapshot_queued(self) -> None:
+        if self.uploader is not None:
+            self.uploader.wake.set()
+
     def discharged(self, patient: str) -> None:
         self.dispatch(self.engine.discharge(patient, _now_ms()), [])
 
@@ -265,10 +276,14 @@ class Daemon:
             publishing = tg.create_task(self.alert_publisher.run(source_stop), name="monitorme.mqtt_alerts")
             upkeep = tg.create_task(self._retention(), name="monitorme.retention")
             ticking = tg.create_task(self._ticker(), name="monitorme.ticker")
+            uploading = (tg.create_task(self.uploader.run(), name="monitorme.fhir_upload")
+                         if self.uploader is not None else None)
             await stop.wait()
             log.info("shutdown_started")
             upkeep.cancel()
             ticking.cancel()
+            if uploading is not None:
+                uploading.cancel()  # the outbox is in PostgreSQL: a pending upload resumes after restart
             intake_stop.set()
             self.source.arrived.set()
             try:

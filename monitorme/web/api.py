@@ -30,6 +30,8 @@ class Control(Protocol):
     def audit(self, who: Principal, action: str, patient: str | None = None, alert_id: str | None = None,
               detail: dict[str, Any] | None = None) -> None: ...
     def discharged(self, patient: str) -> None: ...
+    def snapshots_enabled(self) -> bool: ...
+    def snapshot_queued(self) -> None: ...
     async def serve_station(self, request: web.Request, station: str, who: Principal) -> web.StreamResponse: ...
     def validate_thresholds(self, raw: dict[str, object]) -> dict[str, dict[str, object]]: ...
     def patient_changed(self, patient: str, station: str | None, thresholds: dict[str, object]) -> None: ...
@@ -173,6 +175,47 @@ async def ack_alert(request: web.Request) -> web.Response:
     return json_response({"alert": (changed or found).as_json()})
 
 
+async def create_snapshot(request: web.Request) -> web.Response:
+    """``POST /api/patients/{p}/snapshots``: a FHIR R4 Bundle of the chosen vitals and range, queued for upload."""
+    who = principal(request)
+    if who.role is Role.STATION:
+        raise error(403, "forbidden", "snapshots are uploaded by clinician and admin tokens")
+    patient = request.match_info["patient"]
+    await visible_patient(request, patient)
+    control = request.app[CONTROL]
+    if not control.snapshots_enabled():
+        raise error(503, "not_configured", "set MONITORME_MYMEDICALDATA_URL to upload snapshots")
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError:
+        raise error(400, "not_json", "body must be a JSON object") from None
+    reader = request.app[READER]
+    if not isinstance(body, dict) or set(body) - {"vitals", "from", "to"}:
+        raise error(400, "bad_body", "body is {vitals: [...], from, to}")
+    vitals = body.get("vitals") or list(reader.registry.vitals)
+    if not isinstance(vitals, list) or any(v not in reader.registry for v in vitals):
+        raise error(400, "unknown_vital", f"vitals are among {', '.join(reader.registry.vitals)}")
+    now = int(time.time() * 1000)
+    to_ms = parse_time(str(body["to"]), "to") if "to" in body else now
+    from_ms = parse_time(str(body["from"]), "from") if "from" in body else to_ms - _DAY_MS
+    if from_ms > to_ms:
+        raise error(400, "bad_time", "from is after to")
+    snapshot = await reader.create_snapshot(patient, vitals, from_ms, to_ms, who.name)
+    control.snapshot_queued()
+    control.audit(who, "snapshot", patient, detail={"snapshot": snapshot["id"], "vitals": vitals})
+    return json_response(snapshot, status=201)
+
+
+async def get_snapshot(request: web.Request) -> web.Response:
+    who = principal(request)
+    found = await request.app[READER].snapshot(request.match_info["snapshot_id"])
+    if found is None:
+        raise error(404, "unknown_snapshot", "no snapshot with that id")
+    if who.role is Role.STATION:
+        await visible_patient(request, found["patient"])
+    return json_response(found)
+
+
 async def discharge_patient(request: web.Request) -> web.Response:
     """``DELETE /api/patients/{patient}`` (admin): closes its alerts, frees its state; readings stay 24 h."""
     who = principal(request)
@@ -243,6 +286,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/patients", list_patients)
     app.router.add_put("/api/patients/{patient}", put_patient)
     app.router.add_delete("/api/patients/{patient}", discharge_patient)
+    app.router.add_post("/api/patients/{patient}/snapshots", create_snapshot)
+    app.router.add_get("/api/snapshots/{snapshot_id}", get_snapshot)
     app.router.add_get("/api/patients/{patient}/history", history)
     app.router.add_get("/api/alerts", list_alerts)
     app.router.add_post("/api/alerts/{alert_id}/ack", ack_alert)
