@@ -97,6 +97,24 @@ function reset() {
   view = { from: now - Number(document.getElementById("range").value), to: now };
   load();
 }
+async function snapshot() {  // the shown vitals and range, to MyMedicalData; its upload state is reported
+  const state = document.getElementById("snapshot-state");
+  state.textContent = "creating…";
+  const r = await fetch(`/api/patients/${encodeURIComponent(patient)}/snapshots`, {
+    method: "POST", headers: { ...headers, "Content-Type": "application/json" },
+    body: JSON.stringify({ vitals: chosen(), from: view.from, to: view.to }),
+  });
+  const body = await r.json();
+  if (!r.ok) { state.textContent = `not created: ${body.detail || r.status}`; return; }
+  const poll = async () => {
+    const s = await (await fetch(`/api/snapshots/${body.id}`, { headers })).json();
+    state.textContent = s.delivered ? `snapshot ${s.id.slice(0, 8)} delivered (${s.observations} observations)`
+      : `snapshot ${s.id.slice(0, 8)} pending, attempt ${s.attempts}${s.last_error ? ": " + s.last_error : ""}`;
+    if (!s.delivered) setTimeout(poll, 2000);
+  };
+  poll();
+}
+document.getElementById("snapshot").onclick = snapshot;
 document.getElementById("range").onchange = reset;
 document.getElementById("zoom-out").onclick = reset;
 box.onchange = load;
