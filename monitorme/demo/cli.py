@@ -391,6 +391,10 @@ class _Demo:
                 for station, token in self.tokens.stations.items()
             ),
             "",
+            "Clinician pages:",
+            f"  ward alerts (phone): {base}/alerts?token={clinician}",
+            f"  history of p001:     {base}/patients/p001?token={clinician}",
+            "",
             "API tokens (send as 'Authorization: Bearer <token>'):",
             f"  clinician token: {clinician}",
             f"  admin token: {self.tokens.admin}",
