@@ -65,6 +65,7 @@ async function load() {
     const r = await fetch(`/api/patients/${encodeURIComponent(patient)}/history?vital=${vital}&from=${view.from}&to=${view.to}&max_points=${points}`, { headers });
     const body = r.ok ? await r.json() : { readings: [] };
     canvas.setAttribute("aria-label", `${VITALS[vital]}: ${body.readings.length} points`);
+    Object.assign(canvas.dataset, { vital, from: view.from, to: view.to, maxPoints: points, points: body.readings.length });
     draw(canvas, vital, body.readings);
     zoomable(canvas);
   }
