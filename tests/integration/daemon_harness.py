@@ -11,9 +11,11 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import orjson
 
 from monitorme.config import Settings
 from monitorme.runtime.app import Daemon
+from monitorme.sim.model import SimMessage
 
 TOKENS = """
 [[token]]
@@ -84,3 +86,9 @@ async def wait_for_count(dsn: str, sql: str, expected: int, timeout_s: float) ->
             await asyncio.sleep(0.25)
     finally:
         await conn.close()
+
+
+def reading(ward: str, patient: str, vital: str, ts: int, value: object) -> SimMessage:
+    """One reading message, as a device would publish it, for the simulator's publisher."""
+    return SimMessage(f"monitorme/{ward}/{patient}/{vital}", orjson.dumps({"ts": ts, "value": value}), ts, patient,
+                      vital)

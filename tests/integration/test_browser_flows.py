@@ -9,13 +9,12 @@ import time
 from pathlib import Path
 
 import aiohttp
-import orjson
 import pytest
 
-from monitorme.sim.model import SimMessage
 from monitorme.sim.publisher import publish
 from tests.conftest import broker_protocol
 from tests.integration.daemon_harness import ADMIN, CLINICIAN, base_url, make_settings, running
+from tests.integration.daemon_harness import reading as msg
 from tests.integration.test_snapshots import MyMedicalData
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,10 +26,6 @@ pytestmark = [
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
-
-def msg(ward: str, patient: str, vital: str, ts: int, value: object) -> SimMessage:
-    return SimMessage(f"monitorme/{ward}/{patient}/{vital}", orjson.dumps({"ts": ts, "value": value}), ts, patient,
-                      vital)
 
 
 async def test_station_page_alert_within_a_second_and_acknowledged_by_a_click(

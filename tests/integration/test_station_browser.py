@@ -8,13 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 
-from monitorme.sim.model import SimMessage
 from monitorme.sim.publisher import publish
 from tests.conftest import broker_protocol
 from tests.integration.daemon_harness import ADMIN, base_url, make_settings, running
+from tests.integration.daemon_harness import reading as msg
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -22,10 +21,6 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/run installs it)"),
 ]
 
-
-def msg(ward: str, patient: str, vital: str, ts: int, value: object) -> SimMessage:
-    return SimMessage(f"monitorme/{ward}/{patient}/{vital}", orjson.dumps({"ts": ts, "value": value}), ts, patient,
-                      vital)
 
 
 async def test_station_page_shows_patients_values_and_alerts(tmp_path: Path, ward: str, tuned_mqtt_url: str,

@@ -11,17 +11,13 @@ import aiohttp
 import orjson
 import pytest
 
-from monitorme.sim.model import SimMessage
 from monitorme.sim.publisher import publish
 from tests.conftest import broker_protocol
 from tests.integration.daemon_harness import ADMIN, base_url, make_settings, running
+from tests.integration.daemon_harness import reading as msg
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
-
-def msg(ward: str, patient: str, vital: str, ts: int, value: object) -> SimMessage:
-    return SimMessage(f"monitorme/{ward}/{patient}/{vital}", orjson.dumps({"ts": ts, "value": value}), ts, patient,
-                      vital)
 
 
 async def frames_until(ws: aiohttp.ClientWebSocketResponse, done: Any, timeout_s: float = 10) -> list[dict[str, Any]]:
