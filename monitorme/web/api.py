@@ -73,6 +73,27 @@ def parse_time(text: str, name: str) -> int:
     return round(parsed.timestamp() * 1000)
 
 
+def time_range(raw: Any) -> tuple[int, int]:
+    """``from``/``to`` of a query or body (epoch ms or RFC 3339); default the last 24 h."""
+    to_ms = parse_time(str(raw["to"]), "to") if "to" in raw else int(time.time() * 1000)
+    from_ms = parse_time(str(raw["from"]), "from") if "from" in raw else to_ms - _DAY_MS
+    if from_ms > to_ms:
+        raise error(400, "bad_time", "from is after to")
+    return from_ms, to_ms
+
+
+async def json_object(request: web.Request, empty_ok: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 saying why not."""
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw or (b"{}" if empty_ok else raw))
+    except orjson.JSONDecodeError:
+        raise error(400, "not_json", "body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise error(400, "bad_body", "body must be a JSON object")
+    return body
+
+
 def principal(request: web.Request) -> Principal:
     found: Principal = request[PRINCIPAL]
     return found
@@ -122,11 +143,8 @@ async def put_patient(request: web.Request) -> web.Response:
         raise error(403, "forbidden", "only admin tokens may admit or move patients")
     patient = request.match_info["patient"]
     check_patient_id(patient)
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise error(400, "not_json", "body must be a JSON object") from None
-    if not isinstance(body, dict) or set(body) - {"station", "bed", "thresholds"}:
+    body = await json_object(request)
+    if set(body) - {"station", "bed", "thresholds"}:
         raise error(400, "bad_body", "body is an object with station, bed, thresholds")
     station, bed, thresholds = body.get("station"), body.get("bed"), body.get("thresholds")
     for name, value in (("station", station), ("bed", bed)):
@@ -185,21 +203,14 @@ async def create_snapshot(request: web.Request) -> web.Response:
     control = request.app[CONTROL]
     if not control.snapshots_enabled():
         raise error(503, "not_configured", "set MONITORME_MYMEDICALDATA_URL to upload snapshots")
-    try:
-        body = orjson.loads(await request.read() or b"{}")
-    except orjson.JSONDecodeError:
-        raise error(400, "not_json", "body must be a JSON object") from None
+    body = await json_object(request, empty_ok=True)
     reader = request.app[READER]
-    if not isinstance(body, dict) or set(body) - {"vitals", "from", "to"}:
+    if set(body) - {"vitals", "from", "to"}:
         raise error(400, "bad_body", "body is {vitals: [...], from, to}")
     vitals = body.get("vitals") or list(reader.registry.vitals)
     if not isinstance(vitals, list) or any(v not in reader.registry for v in vitals):
         raise error(400, "unknown_vital", f"vitals are among {', '.join(reader.registry.vitals)}")
-    now = int(time.time() * 1000)
-    to_ms = parse_time(str(body["to"]), "to") if "to" in body else now
-    from_ms = parse_time(str(body["from"]), "from") if "from" in body else to_ms - _DAY_MS
-    if from_ms > to_ms:
-        raise error(400, "bad_time", "from is after to")
+    from_ms, to_ms = time_range(body)
     snapshot = await reader.create_snapshot(patient, vitals, from_ms, to_ms, who.name)
     control.snapshot_queued()
     control.audit(who, "snapshot", patient, detail={"snapshot": snapshot["id"], "vitals": vitals})
@@ -236,11 +247,7 @@ async def history(request: web.Request) -> web.Response:
     await visible_patient(request, patient)
     reader = request.app[READER]
     q = request.query
-    now = int(time.time() * 1000)
-    to_ms = parse_time(q["to"], "to") if "to" in q else now
-    from_ms = parse_time(q["from"], "from") if "from" in q else to_ms - _DAY_MS
-    if from_ms > to_ms:
-        raise error(400, "bad_time", "from is after to")
+    from_ms, to_ms = time_range(q)
     max_points = None
     if "max_points" in q:
         if not q["max_points"].isdigit() or not 2 <= int(q["max_points"]) <= 100_000:

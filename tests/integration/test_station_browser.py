@@ -16,6 +16,17 @@ from tests.integration.daemon_harness import ADMIN, base_url, make_settings, run
 from tests.integration.daemon_harness import reading as msg
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+def dump_dom(page: str, tmp_path: Path, budget_ms: int, window: str = "1400,1000") -> subprocess.CompletedProcess[str]:
+    """Load ``page`` in headless Chromium, let it run ``budget_ms`` of virtual time, return the DOM."""
+    return subprocess.run(
+        [CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium'}", f"--window-size={window}",
+         f"--virtual-time-budget={budget_ms}", "--dump-dom", page],
+        capture_output=True, text=True, timeout=90,
+    )
+
+
 pytestmark = [
     pytest.mark.integration, pytest.mark.asyncio,
     pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/run installs it)"),
@@ -41,13 +52,7 @@ async def test_station_page_shows_patients_values_and_alerts(tmp_path: Path, war
         await asyncio.to_thread(publish, readings, tuned_mqtt_url)
         await asyncio.sleep(0.5)
         page = f"{url}/stations/s1?token=s1-token-0001"
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=5000", "--dump-dom", page],
-            capture_output=True, text=True, timeout=90,
-        )
+        done = await asyncio.to_thread(dump_dom, page, tmp_path, 5000)
     dom = done.stdout
     assert "station s1" in dom, done.stderr[-2000:]
     assert 'class="conn ok"' in dom and ">live<" in dom
@@ -71,14 +76,7 @@ async def test_phone_view_lists_the_wards_open_alerts(tmp_path: Path, ward: str,
         await asyncio.to_thread(publish, [msg(ward, "p3", "spo2", now - 2000, 76.0),
                                           msg(ward, "p4", "glucose", now - 2000, 60.0)], tuned_mqtt_url)
         await asyncio.sleep(0.5)
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=4000", "--dump-dom",
-             f"{url}/alerts?token=clinician-token-1"],
-            capture_output=True, text=True, timeout=90,
-        )
+        done = await asyncio.to_thread(dump_dom, f"{url}/alerts?token=clinician-token-1", tmp_path, 4000)
     dom = done.stdout
     assert ">live<" in dom, done.stderr[-2000:]
     assert "*** p3" in dom and "** p4" in dom  # unassigned patients too: clinicians see the whole ward
@@ -101,14 +99,8 @@ async def test_history_page_charts_the_range_and_lists_alerts(tmp_path: Path, wa
         await asyncio.sleep(0.5)
         async with http.get(f"{url}/patients/p5?token=s1-token-0001") as r:
             assert r.status == 403  # unassigned: not this station's patient
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,900", "--virtual-time-budget=4000",
-             "--dump-dom", f"{url}/patients/p5?token=clinician-token-1"],
-            capture_output=True, text=True, timeout=90,
-        )
+        done = await asyncio.to_thread(dump_dom, f"{url}/patients/p5?token=clinician-token-1", tmp_path, 4000,
+                                       window="1200,900")
     dom = done.stdout
     assert "History · <span id=\"patient\">p5</span>" in dom, done.stderr[-2000:]
     import re
