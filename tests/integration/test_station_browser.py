@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,25 +10,11 @@ import pytest
 
 from monitorme.sim.publisher import publish
 from tests.conftest import broker_protocol
+from tests.integration.browser import needs_chromium, open_page
 from tests.integration.daemon_harness import ADMIN, base_url, make_settings, running
 from tests.integration.daemon_harness import reading as msg
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-def dump_dom(page: str, tmp_path: Path, budget_ms: int, window: str = "1400,1000") -> subprocess.CompletedProcess[str]:
-    """Load ``page`` in headless Chromium, let it run ``budget_ms`` of virtual time, return the DOM."""
-    return subprocess.run(
-        [CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'chromium'}", f"--window-size={window}",
-         f"--virtual-time-budget={budget_ms}", "--dump-dom", page],
-        capture_output=True, text=True, timeout=90,
-    )
-
-
-pytestmark = [
-    pytest.mark.integration, pytest.mark.asyncio,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/run installs it)"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, needs_chromium]
 
 
 
@@ -51,10 +35,10 @@ async def test_station_page_shows_patients_values_and_alerts(tmp_path: Path, war
                      msg(ward, "p2", "spo2", now - 3000, 75.0), msg(ward, "p9", "heart_rate", now - 3000, 99.0)]
         await asyncio.to_thread(publish, readings, tuned_mqtt_url)
         await asyncio.sleep(0.5)
-        page = f"{url}/stations/s1?token=s1-token-0001"
-        done = await asyncio.to_thread(dump_dom, page, tmp_path, 5000)
-    dom = done.stdout
-    assert "station s1" in dom, done.stderr[-2000:]
+        async with open_page(f"{url}/stations/s1?token=s1-token-0001") as page:
+            await page.wait_for_selector("#tiles li.high", timeout=10_000)
+            dom = await page.content()
+    assert "station s1" in dom
     assert 'class="conn ok"' in dom and ">live<" in dom
     assert "Patient p1" in dom and "Patient p2" in dom and "p9" not in dom  # only this station's patients
     assert ">118/76<" in dom  # blood pressure as the screen shows it
@@ -76,9 +60,10 @@ async def test_phone_view_lists_the_wards_open_alerts(tmp_path: Path, ward: str,
         await asyncio.to_thread(publish, [msg(ward, "p3", "spo2", now - 2000, 76.0),
                                           msg(ward, "p4", "glucose", now - 2000, 60.0)], tuned_mqtt_url)
         await asyncio.sleep(0.5)
-        done = await asyncio.to_thread(dump_dom, f"{url}/alerts?token=clinician-token-1", tmp_path, 4000)
-    dom = done.stdout
-    assert ">live<" in dom, done.stderr[-2000:]
+        async with open_page(f"{url}/alerts?token=clinician-token-1") as page:
+            await page.wait_for_selector("#alerts li >> nth=1", timeout=10_000)
+            dom = await page.content()
+    assert ">live<" in dom
     assert "*** p3" in dom and "** p4" in dom  # unassigned patients too: clinicians see the whole ward
     assert dom.index("*** p3") < dom.index("** p4")  # highest priority first
     assert "/patients/p3?token=" in dom
@@ -99,10 +84,12 @@ async def test_history_page_charts_the_range_and_lists_alerts(tmp_path: Path, wa
         await asyncio.sleep(0.5)
         async with http.get(f"{url}/patients/p5?token=s1-token-0001") as r:
             assert r.status == 403  # unassigned: not this station's patient
-        done = await asyncio.to_thread(dump_dom, f"{url}/patients/p5?token=clinician-token-1", tmp_path, 4000,
-                                       window="1200,900")
-    dom = done.stdout
-    assert "History · <span id=\"patient\">p5</span>" in dom, done.stderr[-2000:]
+        async with open_page(f"{url}/patients/p5?token=clinician-token-1", width=1200) as page:
+            await page.wait_for_selector("canvas[data-vital='heart_rate'][data-points]", timeout=10_000)
+            await page.wait_for_function("() => document.body.textContent.includes('SpO2 75% at or below 80%')",
+                                         timeout=10_000)
+            dom = await page.content()
+    assert "History · <span id=\"patient\">p5</span>" in dom
     import re
 
     points = int(re.search(r'aria-label="Heart rate: (\d+) points"', dom).group(1))  # type: ignore[union-attr]
