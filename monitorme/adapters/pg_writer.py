@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+import numpy as np
 import orjson
 
 from monitorme.adapters import partitions
@@ -30,6 +31,9 @@ READING_COLUMNS = (
     "ward", "patient_id", "vital", "ts", "dedup", "num", "doc", "wave", "device", "seq", "received_at",
 )
 DEAD_LETTER_COLUMNS = ("ward", "received_at", "topic", "reason", "detail", "payload", "payload_size")
+# fine steps below 100 ms, where the latency goals are, then coarse up to a replayed day
+LAG_BUCKETS_S = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1,
+                 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
 _TRANSIENT = (OSError, ConnectionError, TimeoutError, asyncpg.InterfaceError,
               asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
               asyncpg.AdminShutdownError, asyncpg.TooManyConnectionsError)
@@ -113,6 +117,12 @@ class PgWriter:
         metrics.describe("monitorme_stored_total", "counter", "Readings committed to PostgreSQL.")
         metrics.describe("monitorme_duplicates_total", "counter", "Readings already stored, by where they were caught.")
         metrics.gauge("monitorme_writer_pending_rows", lambda: self._pending.rows)
+        metrics.describe("monitorme_store_lag_seconds", "histogram",
+                         "Reading timestamp (device clock) to commit: publish -> stored when clocks agree.")
+        metrics.describe("monitorme_store_delay_seconds", "histogram",
+                         "Receipt by the daemon to commit in PostgreSQL (this process's clock only).")
+        self._lag = metrics.histogram("monitorme_store_lag_seconds", LAG_BUCKETS_S)
+        self._delay = metrics.histogram("monitorme_store_delay_seconds", LAG_BUCKETS_S)
 
     # -- producer side -------------------------------------------------------------
     def submit(self, outputs: Outputs, acks: Sequence[object]) -> None:
@@ -208,7 +218,13 @@ class PgWriter:
                     for i, r in enumerate(batch.readings) if i in refused
                 )
                 batch.readings = keep
-        self.last_commit_ms = int(time.time() * 1000)
+        self.last_commit_ms = committed = int(time.time() * 1000)
+        if batch.readings:
+            n = len(batch.readings)
+            ts = np.fromiter((r.ts_ms for r in batch.readings), dtype=np.int64, count=n)
+            received = np.fromiter((r.received_ms for r in batch.readings), dtype=np.int64, count=n)
+            self._lag.observe_many((committed - ts) / 1000.0)
+            self._delay.observe_many((committed - received) / 1000.0)
         if batch.acks:
             self.on_durable(batch.acks)
 

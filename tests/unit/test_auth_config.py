@@ -95,3 +95,19 @@ def test_metrics_render_prometheus_text() -> None:
     assert 'monitorme_rejected_total{reason="we\\"ird"} 2' in text
     assert "monitorme_buffered 7" in text
     assert m.total("monitorme_rejected_total") == 3
+
+
+def test_histogram_buckets_render_cumulatively_and_interpolate_quantiles() -> None:
+    import numpy as np
+
+    m = Metrics()
+    h = m.histogram("monitorme_store_lag_seconds", [0.01, 0.02, 0.05])
+    h.observe_many(np.array([0.004, 0.01, 0.015, 0.018, 0.03, 7.0]))
+    text = m.render()
+    assert 'monitorme_store_lag_seconds_bucket{le="0.01"} 2' in text  # le is inclusive
+    assert 'monitorme_store_lag_seconds_bucket{le="0.02"} 4' in text
+    assert 'monitorme_store_lag_seconds_bucket{le="0.05"} 5' in text
+    assert 'monitorme_store_lag_seconds_bucket{le="+Inf"} 6' in text
+    assert "monitorme_store_lag_seconds_count 6" in text
+    assert h.quantile(0.5) == 0.015  # rank 3 of 6: half-way through the (0.01, 0.02] bucket
+    assert h.quantile(1.0) == 0.05  # beyond the last bound all we know is "more than 0.05"
