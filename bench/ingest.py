@@ -85,6 +85,7 @@ MEASUREMENTS: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("aiomqtt_v5", "bare aiomqtt drain, MQTT 5, rx max 20k", "msg/s", "7.3k (bare aiomqtt, QoS 1)"),
     ("paho_v311", "bare paho drain, MQTT 3.1.1", "msg/s", "10.8k (bare paho, QoS 1)"),
     ("paho_v5", "bare paho drain, MQTT 5, rx max 20k", "msg/s", "10.8k (bare paho, QoS 1)"),
+    ("wire_v5", "bare MonitorMe wire client drain, MQTT 5", "msg/s", "10.8k (bare paho, QoS 1)"),
     ("copy", "raw asyncpg COPY, 10k batches", "rows/s", "393k (COPY, 10k batches)"),
     ("monitorme", "MonitorMe end to end, ack after commit", "rows/s", "13.1k (Node-RED batched drain)"),
 )
@@ -233,6 +234,56 @@ async def aiomqtt_drain(url: str, ward: str, messages: Sequence[SimMessage], *, 
         # A clean connect ends the persistent session, so later backlogs are not queued for it.
         async with _aiomqtt_client(url, client_id, v5=v5, clean=True):
             pass
+    return Drain(total, ended - started)
+
+
+# -- 1b. our own wire protocol, bare --------------------------------------------------------------------
+async def wire_drain(url: str, ward: str, messages: Sequence[SimMessage], *, collected: Collected) -> Drain:
+    """``monitorme.adapters.mqtt_wire`` alone: count and acknowledge (once per read) what arrives."""
+    from monitorme.adapters.mqtt_wire import ConnectOptions, MqttConnection
+
+    broker = parse_url(url)
+    options = ConnectOptions(f"bench-wire-{secrets.token_hex(3)}", session_expiry_s=SESSION_EXPIRY_S,
+                             receive_maximum=RECEIVE_MAXIMUM)
+    connection = await MqttConnection.open(broker.host, broker.port, options, lambda *_: None)
+    await connection.subscribe(f"monitorme/{ward}/#", 1)
+    await connection.close()
+    await asyncio.to_thread(_publish_all, messages, url, collected)
+    total = len(messages)
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    mids: list[int] = []
+    received = 0
+    holder: list[MqttConnection] = []
+
+    def flush() -> None:
+        if holder:
+            holder[0].ack(mids)
+        mids.clear()
+
+    def on_publish(_topic: str, _payload: bytes, _qos: int, mid: int) -> None:
+        nonlocal received
+        received += 1
+        if not mids:
+            loop.call_soon(flush)
+        mids.append(mid)
+        if received == total and not done.done():
+            done.set_result(time.perf_counter())
+
+    started = time.perf_counter()
+    connection = await MqttConnection.open(broker.host, broker.port, options, on_publish)
+    holder.append(connection)
+    try:
+        async with asyncio.timeout(_drain_timeout(total)):
+            ended = await done
+    except TimeoutError:
+        raise BenchError(f"wire drain: {received} of {total} messages arrived in time") from None
+    finally:
+        flush()
+        await connection.close()
+        clean = await MqttConnection.open(broker.host, broker.port, replace(options, clean_start=True,
+                                                                            session_expiry_s=0), lambda *_: None)
+        await clean.close()
     return Drain(total, ended - started)
 
 
@@ -636,6 +687,8 @@ def run_all(patients: int, seconds: float, runs: int, with_paho: bool) -> dict[s
                 ("aiomqtt_v5", lambda w=f"a5-{tag}": uvloop.run(
                     aiomqtt_drain(broker.url, w, _for_ward(base, w), v5=True, collected=collected))),
             ]
+            steps.append(("wire_v5", lambda w=f"w5-{tag}": uvloop.run(
+                wire_drain(broker.url, w, _for_ward(base, w), collected=collected))))
             if with_paho:
                 steps += [
                     ("paho_v311", lambda w=f"p3-{tag}": paho_drain(
@@ -695,7 +748,7 @@ def _report(patients: int, seconds: float, runs: int, total: int, c: Collected, 
         return round(mm / den, 3) if mm and den else None
 
     ratios: dict[str, float | None] = {}
-    for name in ("aiomqtt_v311", "aiomqtt_v5", "paho_v311", "paho_v5", "copy"):
+    for name in ("aiomqtt_v311", "aiomqtt_v5", "wire_v5", "paho_v311", "paho_v5", "copy"):
         if name in results:
             ratios[f"monitorme_vs_{name}"] = ratio(results[name]["median"])
     for key in ("bare_aiomqtt_qos1", "bare_paho_qos1", "nodered_batched_backlog_drain"):

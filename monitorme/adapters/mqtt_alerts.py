@@ -7,16 +7,16 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 
-import aiomqtt
 import orjson
 
 from monitorme.adapters.mqtt_source import MqttSource
+from monitorme.adapters.mqtt_wire import MqttConnection, MqttWireError
 from monitorme.core.alerts import Alert
 from monitorme.metrics import Metrics
 
 log = logging.getLogger(__name__)
 _RETRY_S = 0.5
-_PIPELINE = 500  # alerts in flight at once, well under paho's 65,535 message ids
+_PIPELINE = 500  # alerts handed over at once; the broker's Receive Maximum paces them
 
 
 class MqttAlertPublisher:
@@ -93,12 +93,12 @@ class MqttAlertPublisher:
             if not self._queue:
                 self._drained.set()
 
-    async def _publish(self, client: aiomqtt.Client, alert: Alert) -> None:
+    async def _publish(self, client: MqttConnection, alert: Alert) -> None:
         topic = f"monitorme/{self.ward}/{alert.patient}/alerts"
         try:
             async with asyncio.timeout(10):
                 await client.publish(topic, orjson.dumps(alert.as_json()), qos=1)
-        except (aiomqtt.MqttError, TimeoutError) as exc:
+        except (MqttWireError, TimeoutError) as exc:
             raise _PublishFailed(str(exc)) from exc
 
 

@@ -1,30 +1,27 @@
 """Subscribe to a ward's readings and hand them over in batches, acknowledging only when told.
 
-aiomqtt keeps the connection (TLS, keep-alive, reconnects); the per-message path is
-ours: paho's ``on_message`` appends to a plain list, with no asyncio queue, task or
-await per message (aiomqtt 2.x would also drop messages when its queue is full).
-QoS 1 messages are acknowledged with paho's manual ack only once ``ack()`` is
-called, after what they caused is committed; with MQTT 5 the broker may have at
-most ``receive_maximum`` of them unacknowledged, which bounds our memory.
+The connection is our own MQTT protocol (``mqtt_wire``): every PUBLISH the event loop reads
+is appended to a plain list, with no asyncio queue, task or await per message. QoS 1
+messages are acknowledged only once ``ack()`` is called, after what they caused is
+committed; with MQTT 5 the broker may have at most ``receive_maximum`` of them
+unacknowledged, which bounds our memory. bench/ingest.py measures this path beside bare
+aiomqtt and paho subscribers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
+from monitorme.adapters.mqtt_wire import ConnectOptions, MqttConnection, MqttWireError
 from monitorme.core.model import RawMessage
 from monitorme.errors import ConfigError
 from monitorme.metrics import Metrics
@@ -90,34 +87,36 @@ class MqttSource:
         self._qos0_buffered = 0
         self.arrived = asyncio.Event()
         self.connected = False
-        self._client: aiomqtt.Client | None = None
+        self._connection: MqttConnection | None = None
         self._generation = 0  # acks of messages from an older connection are void
+        self._own_alerts: list[tuple[int, int]] = []
         self._alerts_suffix = "/alerts"
         metrics.describe("monitorme_mqtt_received_total", "counter", "MQTT messages received.")
         metrics.gauge("monitorme_mqtt_buffered", lambda: len(self._buffer))
 
-    # -- the hot path: called by paho inside the event loop's reader callback -----
-    def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
-        qos = msg.qos
-        token = (self._generation, msg.mid) if qos else None
-        topic = msg._topic.decode("utf-8", "replace")
+    # -- the hot path: called from the protocol's data_received, once per PUBLISH --------
+    def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
+        token = (self._generation, mid) if qos else None
         if topic.endswith(self._alerts_suffix):
-            # Our own alert feed shares the wildcard; it is output, not a reading.
+            # Our own alert feed shares the wildcard (MQTT 3.1.1 has no no_local); it is output,
+            # not a reading: acknowledged with the next batch taken.
             if token is not None:
-                self._ack_now(token)
+                self._own_alerts.append(token)
+                self.arrived.set()
             return
         if not qos:
             if self._qos0_buffered >= self.settings.max_buffered_qos0:
                 self.metrics.inc("monitorme_mqtt_dropped_total", reason="qos0_buffer_full")
                 return
             self._qos0_buffered += 1
-        self._buffer.append(RawMessage(topic, msg.payload, int(time.time() * 1000), token))
-        self.arrived.set()
+        self._buffer.append(RawMessage(topic, payload, int(time.time() * 1000), token))
+        if not self.arrived.is_set():
+            self.arrived.set()
 
     @property
-    def client(self) -> aiomqtt.Client | None:
-        """The connected client, for publishing on the same connection (None while away)."""
-        return self._client if self.connected else None
+    def client(self) -> MqttConnection | None:
+        """The connection, for publishing alerts on it (None while away)."""
+        return self._connection if self.connected else None
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -131,59 +130,41 @@ class MqttSource:
             batch, self._buffer = buffer[:limit], buffer[limit:]
         if not self._buffer:
             self.arrived.clear()
-        self._qos0_buffered = max(0, self._qos0_buffered - sum(1 for m in batch if m.ack is None))
+        if self._own_alerts:
+            self.ack(self._own_alerts)
+            self._own_alerts = []
+        if self._qos0_buffered:
+            self._qos0_buffered = max(0, self._qos0_buffered - sum(1 for m in batch if m.ack is None))
         self.metrics.inc("monitorme_mqtt_received_total", len(batch))
         return batch
 
     def ack(self, tokens: Iterable[object]) -> None:
         """Acknowledge messages (in receipt order) whose effects are now durable."""
-        client = self._client
-        if client is None:
+        connection = self._connection
+        if connection is None:
             return
-        paho = client._client
         generation = self._generation
+        mids: list[int] = []
         stale = 0
         for token in tokens:
             gen, mid = cast(tuple[int, int], token)
             if gen == generation:
-                paho.ack(mid, 1)
+                mids.append(mid)
             else:
                 stale += 1  # the broker resends those; the store de-duplicates them
         if stale:
             self.metrics.inc("monitorme_mqtt_stale_acks_total", stale)
+        with contextlib.suppress(MqttWireError):  # gone: the broker redelivers them to the next connection
+            connection.ack(mids)
 
-    def _ack_now(self, token: tuple[int, int]) -> None:
-        if self._client is not None:
-            self._client._client.ack(token[1], 1)
-
-    # -- connection management ----------------------------------------------------
-    def _make_client(self) -> aiomqtt.Client:
+    # -- connection management ----------------------------------------------------------
+    def _options(self) -> ConnectOptions:
         s = self.settings
-        a = self.address
-        tls_context = None
-        if a.tls:
-            tls_context = ssl.create_default_context(cafile=s.ca_file)
-        if s.protocol == 5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
-            props.SessionExpiryInterval = s.session_expiry_s
-            props.ReceiveMaximum = s.receive_maximum
-            client = aiomqtt.Client(
-                a.host, a.port, username=a.username, password=a.password,
-                identifier=s.client_id, protocol=aiomqtt.ProtocolVersion.V5,
-                clean_start=False, properties=props, keepalive=s.keepalive_s,
-                tls_context=tls_context, timeout=10, max_inflight_messages=1000,
-            )
-        else:
-            client = aiomqtt.Client(
-                a.host, a.port, username=a.username, password=a.password,
-                identifier=s.client_id, protocol=aiomqtt.ProtocolVersion.V311,
-                clean_session=False, keepalive=s.keepalive_s, tls_context=tls_context, timeout=10,
-                max_inflight_messages=1000,  # our alert publications: a burst goes out at once
-            )
-        paho = client._client
-        paho.manual_ack_set(True)
-        paho.on_message = self._on_message
-        return client
+        return ConnectOptions(
+            client_id=s.client_id, protocol=s.protocol, clean_start=False, keepalive_s=s.keepalive_s,
+            session_expiry_s=s.session_expiry_s, receive_maximum=s.receive_maximum,
+            username=self.address.username, password=self.address.password,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay subscribed until ``stop``; reconnect with jittered, capped backoff."""
@@ -191,30 +172,31 @@ class MqttSource:
         # '#' rather than '+/+': a device publishing to a malformed deeper topic is
         # then rejected and dead-lettered as bad_topic instead of vanishing unseen.
         topic = f"monitorme/{self.settings.ward}/#"
+        a = self.address
+        tls = ssl.create_default_context(cafile=self.settings.ca_file) if a.tls else None
         while not stop.is_set():
-            client = self._make_client()
+            connection: MqttConnection | None = None
             try:
-                async with client:
-                    self._generation += 1
-                    self._client = client
-                    if self.settings.protocol == 5:
-                        # no_local: our own alert publications do not come back to us
-                        options = SubscribeOptions(qos=self.settings.qos, noLocal=True)
-                        await client.subscribe(topic, options=options)
-                    else:
-                        await client.subscribe(topic, qos=self.settings.qos)
-                    self.connected = True
-                    attempt = 0
-                    log.info("mqtt_connected", extra={"host": self.address.host, "port": self.address.port})
-                    await self._wait_disconnect_or_stop(client, stop)
-            except aiomqtt.MqttError as exc:
+                self._generation += 1
+                connection = await MqttConnection.open(a.host, a.port, self._options(), self._on_publish, tls=tls)
+                self._connection = connection
+                # no_local: our own alert publications do not come back to us (MQTT 5)
+                await connection.subscribe(topic, self.settings.qos, no_local=True)
+                self.connected = True
+                attempt = 0
+                log.info("mqtt_connected", extra={"host": a.host, "port": a.port,
+                                                  "session_present": connection.session_present})
+                await self._wait_disconnect_or_stop(connection, stop)
+            except (MqttWireError, TimeoutError) as exc:
                 attempt += 1
                 delay = random.uniform(0, min(self.settings.reconnect_max_s, 0.5 * 2**attempt))
                 log.warning("mqtt_reconnect", extra={"attempt": attempt, "error": str(exc), "delay_s": round(delay, 2)})
                 self.metrics.inc("monitorme_mqtt_reconnects_total")
             finally:
                 self.connected = False
-                self._client = None
+                if connection is not None:
+                    await connection.close()
+                self._connection = None
             if not stop.is_set() and attempt:
                 try:
                     async with asyncio.timeout(delay):
@@ -222,24 +204,24 @@ class MqttSource:
                 except TimeoutError:
                     pass
 
-    async def _wait_disconnect_or_stop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        disconnected: asyncio.Future[None] = client._disconnected  # aiomqtt's own "connection lost"
+    @staticmethod
+    async def _wait_disconnect_or_stop(connection: MqttConnection, stop: asyncio.Event) -> None:
+        closed = connection.closed
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            waiters: list[asyncio.Future[Any]] = [disconnected, stopper]
+            waiters: list[asyncio.Future[object]] = [closed, stopper]  # type: ignore[list-item]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
-        if disconnected.done():
-            exc = disconnected.exception()
-            raise aiomqtt.MqttError(f"connection lost: {exc}")
+        if closed.done():
+            exc = closed.exception()
+            raise MqttWireError(str(exc) if exc else "connection closed by the broker")
 
     async def drain_acks(self) -> None:
-        """Give paho a moment to write pending PUBACKs before the connection closes."""
-        client = self._client
-        if client is not None:
-            paho = client._client
-            for _ in range(50):
-                if not paho._out_packet:
-                    return
-                await asyncio.sleep(0.01)
+        """Wait until the broker has processed the PUBACKs sent so far (before the connection closes)."""
+        connection = self._connection
+        if connection is not None:
+            try:
+                await connection.settle()
+            except (MqttWireError, TimeoutError) as exc:  # unsettled acks mean redelivery, never loss
+                log.warning("mqtt_acks_unsettled", extra={"error": str(exc)})
