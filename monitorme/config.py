@@ -31,7 +31,7 @@ class Settings:
     mqtt_ca: str = ""
     database_url: str = "postgresql://postgres@127.0.0.1:5432/monitorme"
     database_batch_rows: int = 10_000
-    database_flush_ms: int = 50
+    database_flush_ms: int = 10
     database_retention_hours: int = 24
     database_partitions_ahead_hours: int = 3
     http_listen: str = "127.0.0.1:8080"
