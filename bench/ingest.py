@@ -661,8 +661,13 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_all(patients: int, seconds: float, runs: int, with_paho: bool) -> dict[str, Any]:
-    """Run every measurement ``runs`` times; the report as a JSON-ready dict."""
+def run_all(patients: int, seconds: float, runs: int, with_paho: bool, *,
+            shared: tuple[MosquittoBroker, str] | None = None) -> dict[str, Any]:
+    """Run every measurement ``runs`` times; the report as a JSON-ready dict.
+
+    ``shared``: a running broker and an admin DSN to use instead of starting a private pair
+    (bench.suite measures everything on one broker and one database server).
+    """
     start_ms = int(time.time() * 1000) - int(seconds * 1000) - 60_000
     _say(f"generating the backlog: {patients} patients x {seconds:g} s ...")
     base = list(generate_ward(BASE_WARD, patients, start_ms, seconds))
@@ -671,8 +676,11 @@ def run_all(patients: int, seconds: float, runs: int, with_paho: bool) -> dict[s
     _say(f"backlog: {total:,} messages ({sum(m.vital == 'ecg' for m in base):,} ECG chunks)")
     collected = Collected()
     with contextlib.ExitStack() as stack:
-        broker = stack.enter_context(MosquittoBroker())
-        admin = stack.enter_context(_admin_dsn())
+        if shared is None:
+            broker = stack.enter_context(MosquittoBroker())
+            admin = stack.enter_context(_admin_dsn())
+        else:
+            broker, admin = shared
         db = f"monitorme_bench_{secrets.token_hex(4)}"
         uvloop.run(_execute(admin, f'CREATE DATABASE "{db}"'))
         stack.callback(lambda: uvloop.run(_execute(admin, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')))
