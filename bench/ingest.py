@@ -261,7 +261,7 @@ async def wire_drain(url: str, ward: str, messages: Sequence[SimMessage], *, col
             holder[0].ack(mids)
         mids.clear()
 
-    def on_publish(_topic: str, _payload: bytes, _qos: int, mid: int) -> None:
+    def on_publish(_topic: str, _payload: bytes, _qos: int, mid: int, _at: int) -> None:
         nonlocal received
         received += 1
         if not mids:

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import random
 import ssl
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
@@ -95,7 +94,7 @@ class MqttSource:
         metrics.gauge("monitorme_mqtt_buffered", lambda: len(self._buffer))
 
     # -- the hot path: called from the protocol's data_received, once per PUBLISH --------
-    def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
+    def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int, received_ms: int) -> None:
         token = (self._generation, mid) if qos else None
         if topic.endswith(self._alerts_suffix):
             # Our own alert feed shares the wildcard (MQTT 3.1.1 has no no_local); it is output,
@@ -109,7 +108,7 @@ class MqttSource:
                 self.metrics.inc("monitorme_mqtt_dropped_total", reason="qos0_buffer_full")
                 return
             self._qos0_buffered += 1
-        self._buffer.append(RawMessage(topic, payload, int(time.time() * 1000), token))
+        self._buffer.append(RawMessage(topic, payload, received_ms, token))
         if not self.arrived.is_set():
             self.arrived.set()
 

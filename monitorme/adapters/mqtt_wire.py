@@ -20,6 +20,7 @@ import asyncio
 import logging
 import ssl
 import struct
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -185,7 +186,8 @@ def read_properties(buf: bytes, pos: int) -> tuple[dict[int, object], int]:
     return props, end
 
 
-OnPublish = Callable[[str, bytes, int, int], None]  # topic, payload, qos, packet id (0 at QoS 0)
+# topic, payload, qos, packet id (0 at QoS 0), when the bytes were read (epoch ms: one clock read per read)
+OnPublish = Callable[[str, bytes, int, int, int], None]
 
 
 class MqttWireProtocol(asyncio.Protocol):
@@ -240,6 +242,7 @@ class MqttWireProtocol(asyncio.Protocol):
         on_publish = self.on_publish
         topics = self._topics
         v5 = self.v5
+        received_ms = int(time.time() * 1000)
         try:
             while size - pos >= 2:
                 first = buf[pos]
@@ -282,7 +285,7 @@ class MqttWireProtocol(asyncio.Protocol):
                             at = got[1] + got[0]
                     if at > end:
                         raise MqttWireError("PUBLISH header longer than the packet")
-                    on_publish(topic, buf[at:end], qos, mid)
+                    on_publish(topic, buf[at:end], qos, mid, received_ms)
                 else:
                     self._control(first, buf[start:end])
                 pos = end

@@ -63,7 +63,7 @@ async def test_publishes_survive_any_split_of_the_stream(
 ) -> None:
     got: list[tuple[str, bytes, int, int]] = []
     proto = w.MqttWireProtocol(w.ConnectOptions("c", protocol=5 if v5 else 4),
-                               lambda t, p, q, m: got.append((t, p, q, m)))
+                               lambda t, p, q, m, _at: got.append((t, p, q, m)))
     transport = _Transport()
     proto.connection_made(transport)  # type: ignore[arg-type]
     stream = b"".join(publish_from_broker(t, p, q, m, v5, pr if v5 else b"") for t, p, q, m, pr in msgs)
