@@ -14,7 +14,7 @@ with ``npm ci`` into ``bench/nodered/node_modules`` (git-ignored, kept afterward
 
 Usable from other bench modules: ``available()``, ``drain()``, ``latency()``. Alone::
 
-    python -m bench.nodered_peer [--patients 500] [--seconds 30] [--json bench/results/nodered.json]
+    python -m bench.nodered_peer [--patients 500] [--seconds 30] [--runs 1] [--json bench/results/nodered.json]
 
 starts a private Mosquitto (``MosquittoBroker``) and a fresh database (dropped at the end), drains a
 ``generate_ward(patients, seconds)`` backlog, then runs the same ward live for ``seconds``.
@@ -31,6 +31,7 @@ import platform
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,7 +104,9 @@ SCHEMA: Final = (
     "publish wall time, ms); rows whose ts falls after a warm-up are compared with stored_at "
     "(clock_timestamp() in the INSERT): p50/p99/max in ms; node_cpu_share: node's CPU seconds per wall "
     "second over the measured span (1.0 = one core); pg_cpu_share: the same for the database's client "
-    "backends (best effort); lost: published minus stored. reference: PERF.md's figures."
+    "backends (best effort); lost: published minus stored. drain / latency are per-key medians over 'runs' "
+    "runs, each run kept in drain_runs / latency_runs; loadavg_at_start / _end: os.getloadavg() (the machine "
+    "is shared). reference: PERF.md's figures."
 )
 
 
@@ -658,11 +661,35 @@ def latency(broker_url: str, dsn: str, ward: str, patients: int = 500, seconds: 
 
 
 # -- stand-alone -------------------------------------------------------------------------------------
-def run(patients: int, seconds: float, *, do_drain: bool = True, do_latency: bool = True) -> dict[str, Any]:
-    """Broker + database for the duration, then ``drain`` and/or ``latency``; the report."""
+def _medians(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per key: the median of the runs' numbers, every run's problems, else the first run's value."""
+    out: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        values = [r.get(key) for r in runs]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if key == "problems":
+            out[key] = [p for r in runs for p in r.get("problems", [])]
+        elif len(numbers) == len(values):
+            # Counts stay whole numbers: the lower median of an even number of runs.
+            median = (statistics.median_low(numbers) if all(isinstance(v, int) for v in numbers)
+                      else statistics.median(numbers))
+            out[key] = round(median, 4) if isinstance(median, float) else median
+        else:
+            out[key] = first
+    return out
+
+
+def run(patients: int, seconds: float, *, runs: int = 1, do_drain: bool = True,
+        do_latency: bool = True) -> dict[str, Any]:
+    """Broker + database for the duration, then ``drain`` and/or ``latency`` ``runs`` times; the report.
+
+    ``drain`` and ``latency`` in the report are per-key medians over the runs; every run is kept in
+    ``drain_runs`` / ``latency_runs``.
+    """
     if not available():
         raise BenchError("Node-RED is not available here (reason above)")
-    report: dict[str, Any] = {"schema": SCHEMA, "patients": patients, "simulated_seconds": seconds}
+    report: dict[str, Any] = {"schema": SCHEMA, "patients": patients, "simulated_seconds": seconds, "runs": runs,
+                              "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     with contextlib.ExitStack() as stack:
         broker = stack.enter_context(MosquittoBroker())
         admin = stack.enter_context(_admin_dsn())
@@ -672,18 +699,30 @@ def run(patients: int, seconds: float, *, do_drain: bool = True, do_latency: boo
         dsn = with_database(admin, db)
         pg_version = asyncio.run(_server_version(admin))
         _say(f"broker {broker.url}, database {db}")
-        tag = secrets.token_hex(2)
+        base: list[SimMessage] = []
         if do_drain:
             start_ms = int(time.time() * 1000) - int(seconds * 1000) - 60_000
             base = list(generate_ward(BASE_WARD, patients, start_ms, seconds))
-            ward = f"nr-{tag}"
             _say(f"nodered drain: backlog {len(base):,} messages ({sum(m.vital == 'ecg' for m in base):,} ECG)")
             report["messages"] = len(base)
-            report["drain"] = drain(broker.url, dsn, ward, _for_ward(base, ward))
-            _say(f"nodered drain: {report['drain']['rows_per_s']:,.0f} rows/s")
-        if do_latency:
-            report["latency"] = latency(broker.url, dsn, f"nrl-{tag}", patients, seconds)
-            _say(f"nodered latency: p50 {report['latency']['p50_ms']} ms, p99 {report['latency']['p99_ms']} ms")
+        drains: list[dict[str, Any]] = []
+        lats: list[dict[str, Any]] = []
+        for i in range(1, runs + 1):
+            tag = secrets.token_hex(2)
+            if do_drain:
+                ward = f"nr-{tag}"
+                drains.append(drain(broker.url, dsn, ward, _for_ward(base, ward)))
+                _say(f"run {i}: nodered drain {drains[-1]['rows_per_s']:,.0f} rows/s")
+            if do_latency:
+                lats.append(latency(broker.url, dsn, f"nrl-{tag}", patients, seconds))
+                _say(f"run {i}: nodered latency p50 {lats[-1]['p50_ms']} ms, p99 {lats[-1]['p99_ms']} ms, "
+                     f"node {lats[-1]['node_cpu_share']} core")
+        if drains:
+            report["drain"] = _medians(drains)
+            report["drain_runs"] = drains
+        if lats:
+            report["latency"] = _medians(lats)
+            report["latency_runs"] = lats
     report.update({
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -695,6 +734,7 @@ def run(patients: int, seconds: float, *, do_drain: bool = True, do_latency: boo
             "mosquitto": _mosquitto_version(),
             "postgresql": pg_version,
         },
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "source": _source_tree(),
         "reference": {"source": "/work/shared/PERF.md", **PERF_REFERENCE},
     })
@@ -710,7 +750,9 @@ def format_table(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
         f"Node-RED {m['node_red']} (node {m['node']}) batched flow, {report['patients']} patients; "
-        f"{m['nproc']} cores, Mosquitto {m['mosquitto']}, PostgreSQL {m['postgresql']}",
+        f"{m['nproc']} cores, Mosquitto {m['mosquitto']}, PostgreSQL {m['postgresql']}; "
+        f"medians of {report['runs']} run(s); load average {report['loadavg_at_start'][0]} -> "
+        f"{report['loadavg_at_end'][0]}",
         "",
         f"{'measurement':<44} {'here':>14}  PERF.md",
         "-" * 80,
@@ -749,11 +791,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="simulated seconds of backlog, and seconds measured live (default 30)")
     parser.add_argument("--json", default="bench/results/nodered.json",
                         help="write the report here ('' to skip; default bench/results/nodered.json)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat drain and latency; medians are reported")
     parser.add_argument("--no-drain", action="store_true", help="skip the backlog drain")
     parser.add_argument("--no-latency", action="store_true", help="skip the live latency run")
     args = parser.parse_args(argv)
-    if args.patients < 1 or args.seconds <= 0:
-        parser.error("--patients and --seconds must be positive")
+    if args.patients < 1 or args.seconds <= 0 or args.runs < 1:
+        parser.error("--patients, --seconds and --runs must be positive")
     return args
 
 
@@ -766,7 +809,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        report = run(args.patients, args.seconds, do_drain=not args.no_drain, do_latency=not args.no_latency)
+        report = run(args.patients, args.seconds, runs=args.runs, do_drain=not args.no_drain,
+                     do_latency=not args.no_latency)
     except BenchError as exc:
         _say(f"bench.nodered_peer: {exc}")
         return 130 if _STOP.is_set() else 1
