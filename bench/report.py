@@ -143,6 +143,12 @@ def render(r: dict[str, Any], plot_dir: str = "plots") -> str:
     if big.get("rows_per_s"):
         lines.append(f"With {big['patients']:,} patients ({big['messages']:,} messages): {_fmt(big['rows_per_s'])} "
                      f"rows/s, {big['cpu_s_per_1000']} CPU-s per 1,000 readings, peak RSS {big['peak_rss_mb']} MB.")
+    paths = (r.get("ingest_paths") or {}).get("msg_per_s") or {}
+    if paths:
+        lines += ["", "Ingest-path alternatives, measured before choosing (bare QoS 1 drains of "
+                  f"{r['ingest_paths']['messages']:,} messages, no processing; bench/ingest_paths.py):", "",
+                  "| path | msg/s |", "|---|---|"]
+        lines += [f"| {name} | {_fmt(rate)} |" for name, rate in paths.items()]
     lines += ["", f"![drain]({plot_dir}/drain.png)", "",
               "## Latency, CPU and memory against load (live, real time)", "",
               "Load from bench.loadgen in separate processes at the CONTRACT.md device periods (×speed), "

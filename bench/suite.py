@@ -9,6 +9,9 @@ server (127.0.0.1:5432, else an embedded pgserver), in this order:
 1. ``limits_and_drain``: bench.ingest on a 500-patient x 30 s QoS 1 backlog: bare aiomqtt (3.1.1 and
    5), bare paho (3.1.1 and 5), our bare wire client, raw asyncpg COPY, and MonitorMe end to end
    (publish -> committed, ack after commit), with its CPU seconds per 1,000 readings and peak RSS.
+1b. ``ingest_paths``: bench.ingest_paths, the alternatives measured before choosing the ingest path
+   (our wire protocol under Receive Maximum and broker in-flight settings, 4 connections, paho's thread
+   handing batches to asyncio, gmqtt); it starts its own brokers for the in-flight settings.
 2. ``drain_5000``: MonitorMe draining a 5,000-patient x 6 s backlog: CPU per 1,000 and peak RSS
    with ten times the patients' state.
 3. ``live``: ``monitorme run`` fed in real time by bench.loadgen (separate publisher processes,
@@ -50,7 +53,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench import ingest
+from bench import ingest, ingest_paths
 from bench.alert_latency import Probe, percentile
 from bench.ingest import REPO, _admin_dsn, _cpu_s, _Daemon, _execute
 from monitorme.demo.services import MosquittoBroker, free_port, with_database
@@ -67,6 +70,7 @@ SCHEMA = (
     "limits_and_drain: bench/ingest.py's report (its own schema field explains it): bare client drain rates "
     "(msg/s), raw COPY (rows/s), MonitorMe end-to-end backlog drain (rows/s, cpu_s_per_1000, peak_rss_mb) "
     "and their ratios. "
+    "ingest_paths: bench/ingest_paths.py's msg_per_s per alternative (bare drains, no processing). "
     "drain_5000: the same MonitorMe drain with 5,000 patients (rows_per_s, cpu_s_per_1000, peak_rss_mb). "
     "live: one entry per load: patients, speed (1 = CONTRACT.md device periods), offered_msg_per_s "
     "(what the generator published), publish_to_stored_ms / publish_to_station_ms / alert_ms "
@@ -272,6 +276,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         dsn = with_database(admin, db)
         _step(results, "limits_and_drain", lambda: ingest.run_all(500, 10 if quick else 30, 1, True,
                                                                    shared=(broker, admin)))
+        _step(results, "ingest_paths", lambda: ingest_paths.run(500, 10 if quick else 20))
         _step(results, "drain_5000", lambda: drain_5000(broker, dsn, 5000, 3 if quick else 6))
         loads = LOADS_QUICK if quick else LOADS_FULL
         results["live"] = []
