@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from math import inf, isfinite, nextafter
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from monitorme.core.alerts import (
     AlarmPolicy,
@@ -23,19 +25,21 @@ from monitorme.core.alerts import (
     condition_cleared,
     worsened,
 )
-from monitorme.core.ecg import EcgAnalyzer
+from monitorme.core.ecg import EcgAnalyzer, EcgFeatures, feed_many
 from monitorme.core.features import FeatureSpec, compute
 from monitorme.core.model import Reading, Waveform
 from monitorme.core.rules import COMPARE, Condition, RuleSpec, RuleState, Variant, apply_override, step
 from monitorme.core.ruleset import RuleSet
 from monitorme.core.scores import News2, news2
-from monitorme.core.window import Series
+from monitorme.core.window import FloatArray, Series, median
 
 _NEWS2_INPUTS = {"heart_rate", "respiration", "spo2", "blood_pressure", "temperature"}
 _NEWS2_SMOOTH = FeatureSpec("median", window_s=300)  # CLINICAL.md §1: median of the last 5 min
+_SMOOTH_MS = _NEWS2_SMOOTH.window_ms
 _NEWS2_EVERY_MS = 5_000  # continuous inputs re-score at most this often (the median barely moves)
 _BP_MAX_AGE_MS = 2 * 3_600_000
 _TEMP_MAX_AGE_MS = 30 * 60_000
+_ECG_BATCH_MIN = 16  # readings in a batch before its ECG chunks are analysed together
 EVICT_AFTER_MS = 6 * 3_600_000  # a patient silent this long with nothing open has left: free the state
 
 
@@ -85,6 +89,9 @@ class PatientState:
     news2_total: int | None = None
     news2: News2 | None = None
     latest: dict[str, tuple[int, Any]] = field(default_factory=dict)  # vital -> (ts, value) for screens
+    # per (vital, channel): (asleep, lo, hi, rules to evaluate anyway). While every ``last`` rule of
+    # the channel is quiet, a value in [lo, hi] breaches none of them, so they need no evaluation
+    guards: dict[tuple[str, str], tuple[bool, float, float, tuple[RuleSpec, ...]]] = field(default_factory=dict)
 
     def status(self) -> dict[str, Any]:
         """What a screen shows beside the vitals: sleep state, NEWS2 and open alerts."""
@@ -126,6 +133,7 @@ class Analyzer:
         self.rules = rules
         for ps in self.patients.values():
             ps.variants.clear()
+            ps.guards.clear()
             for name in [n for n in ps.rule_states if n not in rules.by_name]:
                 del ps.rule_states[name]
 
@@ -135,6 +143,7 @@ class Analyzer:
         if overrides is not None:
             ps.overrides = {k: dict(v) for k, v in overrides.items()}
             ps.variants.clear()
+            ps.guards.clear()
 
     def discharge(self, patient: str, wall_ms: int, out: AnalysisOutputs) -> None:
         """The patient left: close every open alert (monitoring ended) and free the state."""
@@ -160,6 +169,7 @@ class Analyzer:
         self._alert_index[alert.id] = (alert.patient, alert.rule)
         rs = ps.rule_states.setdefault(alert.rule, RuleState())
         rs.active, rs.alert_id, rs.priority = alert.condition_active, alert.id, alert.priority
+        ps.guards.clear()
 
     def _patient(self, patient: str) -> PatientState:
         ps = self.patients.get(patient)
@@ -169,28 +179,72 @@ class Analyzer:
 
     # -- readings ----------------------------------------------------------------
     def on_readings(self, readings: Iterable[Reading], wall_ms: int, out: AnalysisOutputs) -> None:
-        for reading in readings:
+        batch = readings if isinstance(readings, list) else list(readings)
+        ecg = self._ecg_prepass(batch) if len(batch) >= _ECG_BATCH_MIN else {}
+        for i, reading in enumerate(batch):
             try:
-                self._on_reading(reading, wall_ms, out)
+                self._on_reading(reading, wall_ms, out, ecg.get(i) if ecg else None)
             except Exception as exc:  # one vital's failure must not stop the others: hospital requirement
                 out.faults.append(Fault(reading.patient, reading.vital, f"{type(exc).__name__}: {exc}"))
                 self._fault_alert(reading, wall_ms, out, exc)
 
-    def _on_reading(self, reading: Reading, wall_ms: int, out: AnalysisOutputs) -> None:
-        ps = self._patient(reading.patient)
+    def _ecg_prepass(self, batch: list[Reading]) -> dict[int, tuple[EcgAnalyzer, EcgFeatures]]:
+        """The ECG chunks of a batch analysed together (``ecg.feed_many``), before the readings are
+        taken one by one: a chunk's features depend on its own patient's earlier chunks only."""
+        positions: list[int] = []
+        jobs: list[tuple[EcgAnalyzer, int, float, npt.NDArray[np.float32]]] = []
+        analyzers: dict[str, EcgAnalyzer] = {}
+        for i, reading in enumerate(batch):
+            value = reading.value
+            if reading.vital != "ecg" or not isinstance(value, Waveform):
+                continue
+            try:
+                samples = np.frombuffer(value.samples, dtype="<f4")
+            except ValueError:
+                continue  # left to _on_reading, which reports it as a fault
+            analyzer = analyzers.get(reading.patient)
+            if analyzer is None:
+                ps = self.patients.get(reading.patient)
+                analyzer = ps.ecg if ps is not None and ps.ecg is not None else EcgAnalyzer()
+                analyzers[reading.patient] = analyzer
+            positions.append(i)
+            jobs.append((analyzer, reading.ts_ms, value.hz, samples))
+        if len(jobs) < 2:
+            return {}
+        return {i: (job[0], features) for i, job, features in zip(positions, jobs, feed_many(jobs), strict=True)}
+
+    def _on_reading(self, reading: Reading, wall_ms: int, out: AnalysisOutputs,
+                    ecg: tuple[EcgAnalyzer, EcgFeatures] | None = None) -> None:
+        ps = self.patients.get(reading.patient)
+        if ps is None:
+            ps = self._patient(reading.patient)
         vital = reading.vital
-        ps.last_received_wall[vital] = max(wall_ms, ps.last_received_wall.get(vital, 0))
-        ps.last_ts[vital] = max(reading.ts_ms, ps.last_ts.get(vital, reading.ts_ms))
-        if reading.ts_ms >= ps.latest.get(vital, (reading.ts_ms, None))[0]:
-            ps.latest[vital] = (reading.ts_ms, reading.value)
-        self._resolve_technical(ps, vital, reading, out)
+        ts = reading.ts_ms
         value = reading.value
-        if vital == "sleep" and isinstance(value, str):
-            if reading.ts_ms >= ps.sleep_ts:
-                ps.sleep_ts, ps.asleep = reading.ts_ms, value == "asleep"
+        received = ps.last_received_wall
+        received[vital] = max(wall_ms, received.get(vital, 0))
+        last_ts = ps.last_ts.get(vital)
+        if last_ts is None or ts > last_ts:
+            ps.last_ts[vital] = ts
+        latest = ps.latest.get(vital)
+        if latest is None or ts >= latest[0]:
+            ps.latest[vital] = (ts, value)
+        if ps.open_alerts:
+            self._resolve_technical(ps, vital, reading, out)
+        if type(value) is float:
+            self._feed(ps, vital, "", ts, value, reading, wall_ms, out)
+        elif vital == "sleep" and isinstance(value, str):
+            if ts >= ps.sleep_ts:
+                ps.sleep_ts, ps.asleep = ts, value == "asleep"
             return
-        for channel, number in self._channels(ps, reading).items():
-            self._feed(ps, vital, channel, reading.ts_ms, number, reading, wall_ms, out)
+        elif ecg is not None:  # analysed with the batch's other chunks
+            if ps.ecg is None:
+                ps.ecg = ecg[0]
+            for channel, number in ecg[1].channels().items():
+                self._feed(ps, vital, channel, ts, number, reading, wall_ms, out)
+        else:
+            for channel, number in self._channels(ps, reading).items():
+                self._feed(ps, vital, channel, ts, number, reading, wall_ms, out)
         if self.score_news2 and vital in _NEWS2_INPUTS:
             self._score(ps, reading, wall_ms, out)
 
@@ -203,7 +257,7 @@ class Analyzer:
         if isinstance(value, Waveform) and reading.vital == "ecg":
             if ps.ecg is None:
                 ps.ecg = EcgAnalyzer()
-            samples = np.frombuffer(value.samples, dtype="<f4").astype(np.float64)
+            samples = np.frombuffer(value.samples, dtype="<f4")  # a view: the analyzer makes the one copy
             return ps.ecg.feed(reading.ts_ms, value.hz, samples).channels()
         return {}
 
@@ -216,8 +270,48 @@ class Analyzer:
         if not series.add(ts, number):
             out.late += 1  # stored, counted, but it moves no window
             return
-        for rule in self.rules.on_channel.get(key, ()):
-            self._evaluate(ps, rule, series, ts, reading, wall_ms, out)
+        rules = self.rules.on_channel.get(key)
+        if rules:
+            guard = ps.guards.get(key)
+            if guard is None or guard[0] != bool(ps.asleep):
+                guard = self._guard(ps, key, rules)
+            if guard is not None and guard[1] <= number <= guard[2]:
+                rules = guard[3]  # the quiet ``last`` rules cannot breach at this value
+            else:
+                ps.guards.pop(key, None)  # something may change: evaluate all, and build the guard again
+            for rule in rules:
+                self._evaluate(ps, rule, series, ts, reading, wall_ms, out, number)
+
+    def _guard(self, ps: PatientState, key: tuple[str, str], rules: tuple[RuleSpec, ...]) -> tuple[
+            bool, float, float, tuple[RuleSpec, ...]] | None:
+        """The values at which no ``last`` rule of the channel can breach, if all of them are quiet."""
+        asleep = bool(ps.asleep)
+        lo, hi = -inf, inf
+        others: list[RuleSpec] = []
+        for rule in rules:
+            if rule.when.feature.op != "last":
+                others.append(rule)
+                continue
+            rs = ps.rule_states.get(rule.name)
+            if rs is not None and (rs.active or rs.since_ts is not None):
+                return None
+            cached = ps.variants.get(rule.name)
+            awake, asleep_variant, _ = cached if cached is not None else self.variants(ps, rule)
+            variant = asleep_variant if asleep else awake
+            if not variant.enabled:
+                continue
+            thr, compare = variant.threshold, rule.when.compare
+            if compare == "<":  # safe: v >= thr
+                lo = max(lo, thr)
+            elif compare == "<=":  # safe: v > thr
+                lo = max(lo, nextafter(thr, inf))
+            elif compare == ">":
+                hi = min(hi, thr)
+            else:
+                hi = min(hi, nextafter(thr, -inf))
+        guard = (asleep, lo, hi, tuple(others))
+        ps.guards[key] = guard
+        return guard
 
     # -- rules -------------------------------------------------------------------
     def variants(self, ps: PatientState, rule: RuleSpec) -> tuple[Variant, Variant, bool]:
@@ -236,13 +330,23 @@ class Analyzer:
         return cached
 
     def _evaluate(self, ps: PatientState, rule: RuleSpec, series: Series, ts: int, reading: Reading | None,
-                  wall_ms: int, out: AnalysisOutputs) -> None:
-        awake, asleep, overridden = self.variants(ps, rule)
+                  wall_ms: int, out: AnalysisOutputs, number: float | None = None) -> None:
+        """Evaluate ``rule`` at ``ts``; ``number`` is the reading just added at ``ts``, if any (then it
+        is the ``last`` operator's value without asking the series)."""
+        cached = ps.variants.get(rule.name)
+        awake, asleep, overridden = cached if cached is not None else self.variants(ps, rule)
         variant = asleep if ps.asleep else awake
-        value = compute(series, ts, rule.when.feature)
-        if value is None:
-            return
-        breached = variant.enabled and COMPARE[rule.when.compare](value, variant.threshold)
+        when = rule.when
+        if number is not None and when.feature.op == "last":
+            if not isfinite(number):
+                return
+            value = number
+        else:
+            computed = compute(series, ts, when.feature)
+            if computed is None:
+                return
+            value = computed
+        breached = variant.enabled and COMPARE[when.compare](value, variant.threshold)
         rs = ps.rule_states.get(rule.name)
         if not breached and (rs is None or (not rs.active and rs.since_ts is None)):
             return  # the common case: quiet, and nothing to reset
@@ -253,8 +357,8 @@ class Analyzer:
             other = compute(series, ts, cond.feature)
             extra_ok = extra_ok and other is not None and cond.holds(other)
         holds = breached and extra_ok
-        when = Condition(rule.when.feature, rule.when.compare, variant.threshold)
-        cleared = not variant.enabled or when.cleared(value, rule.hysteresis) or not extra_ok
+        in_force = Condition(when.feature, when.compare, variant.threshold)
+        cleared = not variant.enabled or in_force.cleared(value, rule.hysteresis) or not extra_ok
         period_s = self.rules.period_s(rule)
         clear_delay = rule.clear_delay_s if rule.clear_delay_s is not None else variant.delay_s
         decided = step(rs, holds, cleared, ts, period_s, variant, clear_delay)
@@ -343,22 +447,33 @@ class Analyzer:
         if continuous and ps.news2_ts >= 0 and 0 <= ts - ps.news2_ts < _NEWS2_EVERY_MS:
             return
         opts = ps.overrides.get("news2", {})
+        series = ps.series
 
-        def smoothed(vital: str) -> float | None:
-            s = ps.series.get((vital, ""))
-            return compute(s, ts, _NEWS2_SMOOTH) if s is not None else None
-
-        def latest(vital: str, channel: str, max_age_ms: int) -> float | None:
-            s = ps.series.get((vital, channel))
+        def window(key: tuple[str, str], span_ms: int) -> FloatArray | None:
+            s = series.get(key)
             if s is None:
                 return None
-            _w_ts, w_v = s.window(ts, max_age_ms)
-            return float(w_v[-1]) if len(w_v) else None
+            w_v = s.window(ts, span_ms)[1]
+            return w_v if len(w_v) else None
+
+        rr_v = window(("respiration", ""), _SMOOTH_MS)
+        spo2_v = window(("spo2", ""), _SMOOTH_MS)
+        hr_v = window(("heart_rate", ""), _SMOOTH_MS)
+        bp_v = window(("blood_pressure", "systolic"), _BP_MAX_AGE_MS)
+        temp_v = window(("temperature", ""), _TEMP_MAX_AGE_MS)
+        if (rr_v is None) + (spo2_v is None) + (hr_v is None) + (bp_v is None) + (temp_v is None) > 2:
+            return  # too little to score (below, without the medians); missing parameters are not scored 0
+
+        def smoothed(v: FloatArray | None) -> float | None:  # compute(series, ts, _NEWS2_SMOOTH)
+            if v is None:
+                return None
+            m = median(v)
+            return m if isfinite(m) else None
 
         score = news2(
-            rr=smoothed("respiration"), spo2=smoothed("spo2"), pulse=smoothed("heart_rate"),
-            sbp=latest("blood_pressure", "systolic", _BP_MAX_AGE_MS),
-            temperature=latest("temperature", "", _TEMP_MAX_AGE_MS),
+            rr=smoothed(rr_v), spo2=smoothed(spo2_v), pulse=smoothed(hr_v),
+            sbp=float(bp_v[-1]) if bp_v is not None else None,
+            temperature=float(temp_v[-1]) if temp_v is not None else None,
             on_oxygen=opts.get("on_oxygen"), spo2_scale=int(opts.get("spo2_scale", 1)),
             consciousness=opts.get("consciousness"),  # never derived from sleep
         )

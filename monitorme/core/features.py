@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from monitorme.core.window import FloatArray, Series
+from monitorme.core.window import FloatArray, Series, median
 
 _MIN_MS = 60_000
 
@@ -51,13 +51,13 @@ def _baseline_median(s: Series, at: int, f: FeatureSpec) -> tuple[float, float] 
     _ts, v = s.window(at, f.window_ms)
     if not len(v):
         return None
-    median = float(np.median(v))
+    median_ = median(v)
     if newest is not None and at >= newest:
-        s.memo[key] = (at, median)
-    return float(v[-1]), median
+        s.memo[key] = (at, median_)
+    return float(v[-1]), median_
 
 
-def _over(fn: Callable[[FloatArray], np.floating[Any]]) -> Operator:
+def _over(fn: Callable[[FloatArray], np.floating[Any] | float]) -> Operator:
     def op(s: Series, at: int, f: FeatureSpec) -> float | None:
         _ts, v = s.window(at, f.window_ms) if f.window_ms else s.upto(at)
         return float(fn(v)) if len(v) else None
@@ -123,7 +123,7 @@ def _count(s: Series, at: int, f: FeatureSpec) -> float | None:
 OPERATORS: dict[str, Operator] = {
     "last": _last,
     "mean": _over(np.mean),
-    "median": _over(np.median),
+    "median": _over(median),
     "min": _over(np.min),
     "max": _over(np.max),
     "ewma": _ewma,

@@ -27,7 +27,8 @@ class Series:
     [2.0, 3.0]
     """
 
-    __slots__ = ("_end", "_start", "_ts", "_values", "horizon_ms", "lateness_ms", "memo")
+    __slots__ = ("_end", "_last", "_newest", "_oldest", "_start", "_ts", "_values", "horizon_ms", "lateness_ms",
+                 "memo")
 
     def __init__(self, horizon_ms: int, lateness_ms: int, capacity: int = 16) -> None:
         self.horizon_ms = horizon_ms
@@ -36,6 +37,11 @@ class Series:
         self._values: FloatArray = np.empty(capacity, dtype=np.float64)
         self._start = 0
         self._end = 0
+        # Python copies of the newest/oldest timestamps and the newest value: the per-reading path
+        # then touches no numpy scalar (each costs more than the rest of an append)
+        self._newest: int | None = None
+        self._oldest = 0
+        self._last = 0.0
         self.memo: dict[tuple[str, int], tuple[int, float]] = {}  # slow baselines, see features.py
 
     def __len__(self) -> int:
@@ -43,46 +49,86 @@ class Series:
 
     @property
     def newest_ts(self) -> int | None:
-        return int(self._ts[self._end - 1]) if self._end > self._start else None
+        return self._newest
 
     @property
     def last(self) -> float | None:
-        return float(self._values[self._end - 1]) if self._end > self._start else None
+        return self._last if self._newest is not None else None
 
     def add(self, ts_ms: int, value: float) -> bool:
         """Insert a reading; False (and nothing changes) if it is later than the allowance."""
-        start, end = self._start, self._end
-        if end > start:
-            newest = int(self._ts[end - 1])
-            if ts_ms < newest - self.lateness_ms:
-                return False
-        else:
-            newest = ts_ms
+        newest = self._newest
+        if newest is None:
+            newest = self._oldest = ts_ms
+        elif ts_ms < newest - self.lateness_ms:
+            return False
+        end = self._end
         if end == len(self._ts):
             self._make_room()
-            start, end = self._start, self._end
+            end = self._end
         if ts_ms >= newest:
             self._ts[end] = ts_ms
             self._values[end] = value
+            self._newest = newest = ts_ms
+            self._last = float(value)
         else:  # out of order, within the allowance: shift the (short) tail right by one
+            start = self._start
             at = start + int(np.searchsorted(self._ts[start:end], ts_ms, side="right"))
             self._ts[at + 1 : end + 1] = self._ts[at:end].copy()
             self._values[at + 1 : end + 1] = self._values[at:end].copy()
             self._ts[at] = ts_ms
             self._values[at] = value
+            if at == start:
+                self._oldest = ts_ms
         self._end = end + 1
-        self._evict(max(newest, ts_ms) - self.horizon_ms)
+        if self._oldest < newest - self.horizon_ms:
+            self._evict(newest - self.horizon_ms)
         return True
+
+    def extend(self, ts: IntArray, values: FloatArray, evict: bool = True) -> None:
+        """Append readings all in time order and no older than the newest: ``add`` of each, at once.
+
+        With ``evict=False`` nothing leaves the window yet (so windows ending at the earlier of
+        these readings still see what ``add`` would have shown them); ``evict_to_horizon`` then
+        evicts what the sequence of ``add`` calls would have.
+        """
+        n = len(ts)
+        if not n:
+            return
+        end = self._end
+        if end + n > len(self._ts):
+            self._make_room(n)
+            end = self._end
+        self._ts[end : end + n] = ts
+        self._values[end : end + n] = values
+        if self._newest is None:
+            self._oldest = int(ts[0])
+        self._newest = int(ts[-1])
+        self._last = float(values[-1])
+        self._end = end + n
+        if evict:
+            self.evict_to_horizon()
+
+    def evict_to_horizon(self) -> None:
+        newest = self._newest
+        if newest is not None and self._oldest < newest - self.horizon_ms:
+            self._evict(newest - self.horizon_ms)
 
     def _evict(self, before_ts: int) -> None:
         start, end = self._start, self._end
-        if end > start and self._ts[start] < before_ts:
-            self._start = start + int(np.searchsorted(self._ts[start:end], before_ts, side="left"))
+        if end > start and self._oldest < before_ts:
+            start += int(np.searchsorted(self._ts[start:end], before_ts, side="left"))
+            self._start = start
+            self._oldest = int(self._ts[start])  # never empty: the newest reading is inside the horizon
 
-    def _make_room(self) -> None:
+    def _make_room(self, more: int = 1) -> None:
         live = self._end - self._start
-        # compacting frees enough when the evicted prefix is at least half; else grow
-        size = len(self._ts) if self._start and live <= len(self._ts) // 2 else len(self._ts) * 2
+        size = len(self._ts)
+        if not (self._start and live + more <= size // 2):  # compacting frees enough when the evicted
+            while size < live + more:  # prefix is at least half; else grow
+                size *= 2
+            if size == len(self._ts):
+                size *= 2
         ts = np.empty(size, dtype=np.int64)
         values = np.empty(size, dtype=np.float64)
         ts[:live] = self._ts[self._start : self._end]
@@ -91,13 +137,30 @@ class Series:
 
     def window(self, end_ts: int, span_ms: int) -> tuple[IntArray, FloatArray]:
         """Readings with ``end_ts - span_ms < ts <= end_ts`` as read-only views."""
-        ts = self._ts[self._start : self._end]
-        lo = int(np.searchsorted(ts, end_ts - span_ms, side="right"))
-        hi = int(np.searchsorted(ts, end_ts, side="right"))
-        return ts[lo:hi], self._values[self._start + lo : self._start + hi]
+        start, end = self._start, self._end
+        ts = self._ts[start:end]
+        lo = 0 if end_ts - span_ms < self._oldest else int(np.searchsorted(ts, end_ts - span_ms, side="right"))
+        newest = self._newest
+        hi = end - start if newest is not None and end_ts >= newest else int(np.searchsorted(ts, end_ts, side="right"))
+        return ts[lo:hi], self._values[start + lo : start + hi]
 
     def upto(self, end_ts: int) -> tuple[IntArray, FloatArray]:
         """All retained readings with ``ts <= end_ts``."""
         ts = self._ts[self._start : self._end]
         hi = int(np.searchsorted(ts, end_ts, side="right"))
         return ts[:hi], self._values[self._start : self._start + hi]
+
+
+def median(values: FloatArray) -> float:
+    """``float(np.median(values))`` of a non-empty 1-d array, without np.median's overhead (it is
+    called per reading on small windows). Same partition and the same mean of the middle two, so the
+    very same float; NaN when the array holds one, like numpy."""
+    n = len(values)
+    half = n // 2
+    if n % 2:
+        part = np.partition(values, (half, -1))
+        mid = float(part[half])
+    else:
+        part = np.partition(values, (half - 1, half, -1))
+        mid = (float(part[half - 1]) + float(part[half])) / 2
+    return float("nan") if part[-1] != part[-1] else mid
