@@ -84,7 +84,8 @@ SCHEMA: Final = (
     "commit measured and how many tracked files differed. patients (N): total patients, split as evenly as "
     "possible over the K wards; backlog_seconds (S): simulated seconds of backlog; seconds: live measurement "
     "window; warmup_s: live load before the window opens. "
-    "runs[]: one per K. wards: ward ids; patients_per_ward. "
+    "runs[]: one per K. wards: ward ids; patients_per_ward; loadavg_1m_at_start: the machine's 1-minute "
+    "load average when this K began (others' work on a shared machine shows here). "
     "backlog.messages: generate_ward(ward, patients_per_ward, S) summed over wards (hospital mix, ECG "
     "included); backlog.seconds: from the earliest mqtt_connected log 'ts' of the restarted daemons until "
     "SELECT count(*) FROM readings (polled every 20 ms) equals messages; backlog.rows_per_s = messages / "
@@ -316,7 +317,8 @@ def run_k(k: int, patients: int, seconds: float, backlog_s: float, broker: Mosqu
     wards = [f"k{k}w{i + 1}-{tag}" for i in range(k)]
     sizes = _split(patients, k)
     problems: list[str] = []
-    out: dict[str, Any] = {"daemons": k, "wards": wards, "patients_per_ward": sizes}
+    out: dict[str, Any] = {"daemons": k, "wards": wards, "patients_per_ward": sizes,
+                           "loadavg_1m_at_start": round(os.getloadavg()[0], 2)}
 
     # (a) sessions, backlog, drain
     first = Fleet(broker.url, dsn, wards)
