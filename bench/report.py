@@ -173,7 +173,20 @@ def render(r: dict[str, Any], plot_dir: str = "plots") -> str:
               "updates per 50 ms by design, so about 25 ms of its p50 is that window.", "",
               f"![latency against load]({plot_dir}/latency_vs_load.png)", "",
               f"![CPU against load]({plot_dir}/cpu_vs_load.png)", "",
-              "## Operator core (windows + rules, no I/O)", ""]
+              "## Several daemons on one machine (docs/scaling.md)", ""]
+    sc = r.get("scaling") or {}
+    if "error" in sc:
+        lines.append(f"failed: {sc['error']}")
+    for k in sc.get("runs", []):
+        if k is sc["runs"][0]:
+            lines += ["500 patients split over K ward daemons sharing one Mosquitto and one database.", "",
+                      "| daemons | backlog drain rows/s | live publish → stored p50 / p99 ms | daemons' CPU (cores) "
+                      "| peak RSS per daemon MB |", "|---|---|---|---|---|"]
+        b, lv = k.get("backlog") or {}, k.get("live") or {}
+        lag = lv.get("store_lag_ms") or {}
+        lines.append(f"| {k['daemons']} | {_fmt(b.get('rows_per_s'))} | {lag.get('p50')} / {lag.get('p99')} | "
+                     f"{lv.get('daemon_cpu_cores')} | {', '.join(str(x) for x in k.get('peak_rss_mb', []))} |")
+    lines += ["", "## Operator core (windows + rules, no I/O)", ""]
     core = r.get("operator_core") or {}
     if "error" in core:
         lines.append(f"failed: {core['error']}")

@@ -21,6 +21,8 @@ server (127.0.0.1:5432, else an embedded pgserver), in this order:
    WebSocket (25-style stations of 20 patients, one screen each, a probe patient per station at
    5 Hz), breaching reading -> alert on MQTT (bench.alert_latency's glucose probe, a rule with no
    delay), daemon CPU share of one core, peak RSS.
+3b. ``scaling``: bench.scaling, 1, 2 and 4 ward daemons sharing one broker and one database (its own
+   pair): aggregate backlog drain and live publish -> stored at 500 patients split over the wards.
 4. ``operator_core``: bench.operator_core (windows + rules, no I/O) beside a naive loop and bytewax.
 5. ``nodered`` (if node and npm are present): the batched Node-RED flow of PERF.md on the same
    broker and database: backlog drain and publish -> row latency at hospital load.
@@ -53,7 +55,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench import ingest, ingest_paths
+from bench import ingest, ingest_paths, scaling
 from bench.alert_latency import Probe, percentile
 from bench.ingest import REPO, _admin_dsn, _cpu_s, _Daemon, _execute
 from monitorme.demo.services import MosquittoBroker, free_port, with_database
@@ -78,6 +80,7 @@ SCHEMA = (
     "upper bound of the highest non-empty bucket; station and alert timed one by one on this machine's "
     "clock), cpu_share (daemon user+sys CPU / wall time; 1.0 = one core), cpu_s_per_1000 (daemon CPU per "
     "1,000 readings accepted), peak_rss_mb (VmHWM), readings_per_s (accepted by the daemon). "
+    "scaling: bench/scaling.py's report (its schema field explains it). "
     "operator_core: readings/s of MonitorMe's core on the comparison subset, the naive loop, bytewax, and "
     "MonitorMe with every shipped rule; ratio_vs_bytewax. "
     "nodered: the peer's drain and latency, or null with a reason. goals: each goal, its figure, met or not."
@@ -286,6 +289,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             _step(holder, f"live {patients} patients x{speed:g}",
                   functools.partial(live, broker, dsn, patients, seconds, speed=speed))
             results["live"].extend(holder.values())
+        _step(results, "scaling", lambda: scaling.run(500, 10 if quick else 20, (1, 2, 4),
+                                                     backlog_seconds=10 if quick else 20))
         _step(results, "operator_core", lambda: _operator_core(500, 60 if quick else 120))
         _step(results, "nodered", lambda: _nodered(broker, dsn, quick))
     results.update(_about())
