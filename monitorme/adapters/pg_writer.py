@@ -114,6 +114,7 @@ class PgWriter:
         self._hours: set[int] = set()
         self._stopping = False
         self.connected = False
+        self.failing = False  # the last write attempt failed and is being retried
         self.last_commit_ms = 0
         metrics.describe("monitorme_stored_total", "counter", "Readings committed to PostgreSQL.")
         metrics.describe("monitorme_duplicates_total", "counter", "Readings already stored, by where they were caught.")
@@ -191,8 +192,10 @@ class PgWriter:
         while True:
             try:
                 await self._write(batch)
+                self.failing = False
                 break
             except _TRANSIENT as exc:
+                self.failing = True
                 self._drop_connection()
                 attempt += 1
                 delay = random.uniform(0, min(self.config.retry_max_s, 0.1 * 2**attempt))

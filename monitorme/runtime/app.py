@@ -93,6 +93,7 @@ class Daemon:
         if applied:
             log.info("migrations_applied", extra={"versions": applied})
         self.pool = await create_pool(s.database_url)
+        self._db_answers = True  # it just did; _watch_database keeps this true
         self._stack.push_async_callback(self._close_pool)
         self.reader = PgReader(self.pool, s.ward, self.registry)
         patients = await self.reader.patients()
@@ -259,10 +260,19 @@ class Daemon:
         log.info("rules_reloaded", extra={"rules": len(rules.rules)})
 
     def readiness(self) -> dict[str, bool]:
-        return {"broker": self.source.connected, "database": self.writer.connected or self._db_recent()}
+        """What /readyz reports: the broker connection, and a database that answers and takes our writes."""
+        return {"broker": self.source.connected, "database": self._db_answers and not self.writer.failing}
 
-    def _db_recent(self) -> bool:
-        return _now_ms() - self.writer.last_commit_ms < 10_000
+    async def _watch_database(self) -> None:
+        """Ping PostgreSQL every 2 s, so readiness is true when idle and false soon after an outage starts."""
+        while True:
+            try:
+                async with asyncio.timeout(2):
+                    await self.pool.fetchval("SELECT 1")
+                self._db_answers = True
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                self._db_answers = False
+            await asyncio.sleep(2)
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Run until ``stop``; then drain in data order: intake, writes and acks, broker, web."""
@@ -276,12 +286,14 @@ class Daemon:
             publishing = tg.create_task(self.alert_publisher.run(source_stop), name="monitorme.mqtt_alerts")
             upkeep = tg.create_task(self._retention(), name="monitorme.retention")
             ticking = tg.create_task(self._ticker(), name="monitorme.ticker")
+            watching = tg.create_task(self._watch_database(), name="monitorme.db_watch")
             uploading = (tg.create_task(self.uploader.run(), name="monitorme.fhir_upload")
                          if self.uploader is not None else None)
             await stop.wait()
             log.info("shutdown_started")
             upkeep.cancel()
             ticking.cancel()
+            watching.cancel()
             if uploading is not None:
                 uploading.cancel()  # the outbox is in PostgreSQL: a pending upload resumes after restart
             intake_stop.set()
