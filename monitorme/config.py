@@ -34,6 +34,8 @@ class Settings:
     database_flush_ms: int = 10
     database_retention_hours: int = 24
     database_partitions_ahead_hours: int = 3
+    spool_dir: str = ""  # default: $STATE_DIRECTORY/spool (systemd) else ./.monitorme/spool; "off" disables
+    spool_max_bytes: int = 1 << 30
     http_listen: str = "127.0.0.1:8080"
     http_tokens: str = ""
     ingest_max_future_s: int = 300
@@ -56,6 +58,16 @@ class Settings:
         return self.mqtt_client_id or f"monitorme-{self.ward}"
 
     @property
+    def spool_path(self) -> Path | None:
+        """This ward's spool directory (None when the spool is off)."""
+        if self.spool_dir == "off":
+            return None
+        base = Path(self.spool_dir) if self.spool_dir else (
+            Path(os.environ["STATE_DIRECTORY"]) / "spool" if os.environ.get("STATE_DIRECTORY")
+            else Path(".monitorme") / "spool")
+        return base / self.ward
+
+    @property
     def http_host_port(self) -> tuple[str, int]:
         return parse_listen(self.http_listen)
 
@@ -72,6 +84,7 @@ ENV_KEYS = {
     "MONITORME_PIPELINES": "pipelines_dir",
     "MONITORME_RULES": "rules_dir",
     "MONITORME_LOG_FORMAT": "log_format",
+    "MONITORME_SPOOL_DIR": "spool_dir",
     "MONITORME_LOG_LEVEL": "log_level",
 }
 _TOP_LEVEL = {"ward"}
@@ -165,6 +178,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("database.flush_ms", "must be 1..100 (readings must be stored within 100 ms)")
     if s.database_batch_rows < 1:
         raise ConfigError("database.batch_rows", "must be positive")
+    if s.spool_max_bytes < 1 << 20:
+        raise ConfigError("spool.max_bytes", "must be at least 1 MiB")
     if s.database_retention_hours < 1:
         raise ConfigError("database.retention_hours", "must be at least 1")
     if s.mymedicaldata_url and not s.mymedicaldata_url.startswith("https://"):

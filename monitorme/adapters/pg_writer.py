@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 import numpy as np
@@ -21,6 +22,7 @@ import orjson
 
 from monitorme.adapters import partitions
 from monitorme.adapters.pg_codecs import init_connection
+from monitorme.adapters.spool import Spool, SpooledBatch, decode, encode
 from monitorme.core.alerts import Alert
 from monitorme.core.model import AuditEntry, Outputs, Reading, Rejection, Waveform
 from monitorme.metrics import Metrics
@@ -51,6 +53,8 @@ class WriterConfig:
     max_pending_rows: int = 200_000  # producers wait beyond this: backpressure, never shedding
     retry_max_s: float = 10.0
     connect_timeout_s: float = 10.0
+    spool_dir: Path | None = None  # where batches wait while the database is away (None: no spool)
+    spool_max_bytes: int = 1 << 30
 
 
 @dataclass(slots=True)
@@ -116,6 +120,18 @@ class PgWriter:
         self.connected = False
         self.failing = False  # the last write attempt failed and is being retried
         self.last_commit_ms = 0
+        self.spool = Spool(config.spool_dir, config.spool_max_bytes) if config.spool_dir is not None else None
+        self._replay_after = 0.0  # monotonic time of the next replay attempt
+        self._replay_attempts = 0
+        self._spool_full_logged = False
+        if self.spool is not None:
+            spool = self.spool
+            metrics.gauge("monitorme_spool_bytes", lambda: spool.bytes)
+            metrics.gauge("monitorme_spool_batches", lambda: spool.batches)
+            metrics.describe("monitorme_spooled_batches_total", "counter",
+                             "Batches written to the local spool while the database was away.")
+            metrics.describe("monitorme_spool_full_total", "counter",
+                             "Batches held in memory (not spooled, not acknowledged) because the spool was full.")
         metrics.describe("monitorme_stored_total", "counter", "Readings committed to PostgreSQL.")
         metrics.describe("monitorme_duplicates_total", "counter", "Readings already stored, by where they were caught.")
         metrics.gauge("monitorme_writer_pending_rows", lambda: self._pending.rows)
@@ -165,11 +181,14 @@ class PgWriter:
                     return
                 waiter = asyncio.ensure_future(self._has_rows.wait())
                 stopper = asyncio.ensure_future(stop.wait())
+                idle = 1.0 if self.spool is not None and self.spool.batches else None
                 try:
-                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({waiter, stopper}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiter.cancel()
                     stopper.cancel()
+                if not self._has_rows.is_set() and not stop.is_set():
+                    await self._replay()  # the database may be back: drain the spool while idle
                 continue
             if not stop.is_set():
                 age = time.monotonic() - self._pending.since
@@ -188,6 +207,10 @@ class PgWriter:
                 self._room.set()
 
     async def _write_with_retry(self, batch: _Pending, stop: asyncio.Event) -> None:
+        # What waits in the spool is older than this batch and goes first.
+        if self.spool is not None and self.spool.batches and not await self._replay() \
+                and await self._to_spool(batch):
+            return
         attempt = 0
         while True:
             try:
@@ -197,6 +220,9 @@ class PgWriter:
             except _TRANSIENT as exc:
                 self.failing = True
                 self._drop_connection()
+                if await self._to_spool(batch):  # durable on disk: acknowledged, written later
+                    self._replay_after = time.monotonic() + 1.0
+                    return
                 attempt += 1
                 delay = random.uniform(0, min(self.config.retry_max_s, 0.1 * 2**attempt))
                 log.warning("store_retry", extra={"attempt": attempt, "error": repr(exc), "delay_s": round(delay, 2)})
@@ -231,6 +257,67 @@ class PgWriter:
             self._delay.observe_many((committed - received) / 1000.0)
         if batch.acks:
             self.on_durable(batch.acks)
+
+    async def _to_spool(self, batch: _Pending) -> bool:
+        """Spool ``batch`` durably and acknowledge it; False when there is no spool or no room."""
+        spool = self.spool
+        if spool is None:
+            return False
+        data = await asyncio.to_thread(encode, SpooledBatch(batch.readings, batch.rejections, batch.admitted,
+                                                            batch.alerts, batch.audit))
+        if not spool.has_room(len(data)):
+            # Policy when full: hold the batch in memory and keep retrying the database; the
+            # processor stops taking messages at max_pending_rows, so the broker keeps the rest
+            # in our persistent session. Nothing is dropped; intake (and analysis) pauses.
+            self.metrics.inc("monitorme_spool_full_total")
+            if not self._spool_full_logged:
+                self._spool_full_logged = True
+                log.error("spool_full", extra={"spool_bytes": spool.bytes, "max_bytes": spool.max_bytes,
+                                               "policy": "hold in memory, pause intake at max_pending_rows"})
+            return False
+        self._spool_full_logged = False
+        await asyncio.to_thread(spool.append, data)
+        self.metrics.inc("monitorme_spooled_batches_total")
+        self.metrics.inc("monitorme_spooled_readings_total", len(batch.readings))
+        if spool.batches == 1:
+            log.warning("spooling", extra={"spool_dir": str(spool.directory)})
+        if batch.acks:
+            self.on_durable(batch.acks)
+        return True
+
+    async def _replay(self) -> bool:
+        """Write spooled batches oldest first; True once the spool is empty."""
+        spool = self.spool
+        if spool is None or not spool.batches:
+            return True
+        if time.monotonic() < self._replay_after:
+            return False
+        for path, data in await asyncio.to_thread(lambda: list(spool.oldest())):
+            spooled = await asyncio.to_thread(decode, data)
+            batch = _Pending(spooled.readings, spooled.rejections, spooled.admitted, spooled.alerts, spooled.audit)
+            try:
+                await self._write(batch)
+            except _TRANSIENT as exc:
+                self.failing = True
+                self._drop_connection()
+                self._replay_attempts += 1
+                delay = random.uniform(0.5, min(self.config.retry_max_s, 0.5 * 2**self._replay_attempts))
+                self._replay_after = time.monotonic() + delay
+                log.info("spool_replay_waiting", extra={"error": repr(exc), "batches": spool.batches,
+                                                        "delay_s": round(delay, 2)})
+                return False
+            except asyncpg.PostgresError as exc:
+                kept = await asyncio.to_thread(spool.quarantine, path, len(data))
+                log.error("spool_batch_quarantined", extra={"error": repr(exc), "path": str(kept)})
+                self.metrics.inc("monitorme_spool_quarantined_total")
+                continue
+            await asyncio.to_thread(spool.remove, path, len(data))
+            self.failing = False
+            self.last_commit_ms = int(time.time() * 1000)
+            self.metrics.inc("monitorme_spool_replayed_batches_total")
+        self._replay_attempts = 0
+        log.info("spool_drained")
+        return True
 
     async def _refused_readings(self, batch: _Pending) -> dict[int, str]:
         """Try each reading alone in a savepoint, all rolled back; return index -> error of those refused."""

@@ -124,7 +124,7 @@ class Daemon:
         )
         self.writer = PgWriter(
             WriterConfig(ward=s.ward, dsn=s.database_url, batch_rows=s.database_batch_rows,
-                         flush_ms=s.database_flush_ms),
+                         flush_ms=s.database_flush_ms, spool_dir=s.spool_path, spool_max_bytes=s.spool_max_bytes),
             self.metrics, on_durable=self.source.ack,
         )
         self._stack.push_async_callback(self.writer.aclose)
