@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from monitorme.runtime.lease import LeaseLost
+
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
@@ -111,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except LeaseLost as exc:  # EX_TEMPFAIL: the supervisor restarts us, and we wait as standby
+        print(f"monitorme: {exc}", file=sys.stderr)
+        return 75
     return code
 
 

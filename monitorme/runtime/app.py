@@ -30,6 +30,7 @@ from monitorme.core.model import AuditEntry, Outputs
 from monitorme.core.rules import validate_overrides
 from monitorme.errors import ConfigError, StoreError
 from monitorme.metrics import Metrics
+from monitorme.runtime.lease import LeaseLost, WardLease
 from monitorme.runtime.processor import Processor
 from monitorme.web.app import create_app
 from monitorme.web.auth import Principal, TokenBook
@@ -346,6 +347,22 @@ async def run_forever(settings: Settings, *, insecure_no_auth: bool = False) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Daemon(settings, insecure_no_auth=insecure_no_auth) as daemon:
-        loop.add_signal_handler(signal.SIGHUP, daemon.reload_rules)
-        await daemon.run_until(stop)
+    lease = WardLease(settings.database_url, settings.ward)
+    if not await lease.acquire(stop):  # a hot standby waits here while another daemon has the ward
+        return
+    try:
+        async with Daemon(settings, insecure_no_auth=insecure_no_auth) as daemon:
+            loop.add_signal_handler(signal.SIGHUP, daemon.reload_rules)
+            keeper = asyncio.ensure_future(lease.keep(stop))
+            lost = asyncio.ensure_future(lease.lost.wait())
+            lost.add_done_callback(lambda _f: stop.set())
+            try:
+                await daemon.run_until(stop)
+            finally:
+                keeper.cancel()
+                lost.cancel()
+    finally:
+        await lease.release()
+    if lease.lost.is_set():
+        raise LeaseLost(f"ward {settings.ward} was taken over by another daemon")
+
