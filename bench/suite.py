@@ -65,6 +65,7 @@ from monitorme.sim.model import generate_ward
 RESULTS = REPO / "bench" / "results"
 PLOTS = REPO / "bench" / "plots"
 PATIENTS_PER_STATION = 20
+MAX_STATIONS = 25
 
 SCHEMA = (
     "bench/suite.py results, one run on one broker and one database server. "
@@ -130,8 +131,13 @@ def _timed(values: list[float]) -> dict[str, float | int | None]:
 # -- publish -> station screen ----------------------------------------------------------------------------
 async def station_probe(http_url: str, broker_port: int, ward: str, patients: int, seconds: float,
                         ready: threading.Event | None = None) -> list[float]:
-    """Assign loadgen's patients to stations of 20, open one screen per station, time probe readings."""
-    stations = max(1, math.ceil(patients / PATIENTS_PER_STATION))
+    """Assign loadgen's patients to stations of 20, open one screen per station, time probe readings.
+
+    At most 25 stations (500 patients) are watched, however large the load: beyond that the extra
+    patients are analysed and stored but not on a screen, as in a hospital with more wards.
+    """
+    watched = min(patients, MAX_STATIONS * PATIENTS_PER_STATION)
+    stations = max(1, math.ceil(watched / PATIENTS_PER_STATION))
     sent: dict[tuple[str, int], float] = {}
     latencies: list[float] = []
     pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
@@ -140,7 +146,7 @@ async def station_probe(http_url: str, broker_port: int, ward: str, patients: in
     pub.loop_start()
     try:
         async with aiohttp.ClientSession() as http:
-            for i in range(patients):
+            for i in range(watched):
                 async with http.put(f"{http_url}/api/patients/p{i + 1:04d}",
                                     json={"station": f"s{i // PATIENTS_PER_STATION + 1:02d}"}) as r:
                     r.raise_for_status()
@@ -263,7 +269,7 @@ def _step(results: dict[str, Any], name: str, run: Callable[[], Any]) -> None:
     try:
         results[name] = run()
     except Exception as exc:  # one failed part must not lose the others' figures
-        results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        results[name] = {"error": repr(exc)[:2000]}
         _say(f"   {name} FAILED: {exc}")
     _say(f"   {name} took {time.monotonic() - started:.0f} s")
 
