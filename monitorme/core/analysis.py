@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from math import inf, isfinite, nextafter
+from math import inf, isfinite, nan, nextafter
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,9 @@ _NEWS2_EVERY_MS = 5_000  # continuous inputs re-score at most this often (the me
 _BP_MAX_AGE_MS = 2 * 3_600_000
 _TEMP_MAX_AGE_MS = 30 * 60_000
 _ECG_BATCH_MIN = 16  # readings in a batch before its ECG chunks are analysed together
+BATCH_MIN = 256  # readings in a batch before the quiet ones are appended as arrays (``_batch_pass``)
+_CONTINUOUS = ("heart_rate", "respiration", "spo2")
+_BASELINE_OPS = ("delta_from_median", "pct_from_median")  # trend operators the batch pass can follow
 EVICT_AFTER_MS = 6 * 3_600_000  # a patient silent this long with nothing open has left: free the state
 
 
@@ -181,12 +184,205 @@ class Analyzer:
     def on_readings(self, readings: Iterable[Reading], wall_ms: int, out: AnalysisOutputs) -> None:
         batch = readings if isinstance(readings, list) else list(readings)
         ecg = self._ecg_prepass(batch) if len(batch) >= _ECG_BATCH_MIN else {}
-        for i, reading in enumerate(batch):
+        slow = self._batch_pass(batch, wall_ms) if len(batch) >= BATCH_MIN else range(len(batch))
+        for i in slow:
+            reading = batch[i]
             try:
                 self._on_reading(reading, wall_ms, out, ecg.get(i) if ecg else None)
             except Exception as exc:  # one vital's failure must not stop the others: hospital requirement
                 out.faults.append(Fault(reading.patient, reading.vital, f"{type(exc).__name__}: {exc}"))
                 self._fault_alert(reading, wall_ms, out, exc)
+
+    def _batch_pass(self, batch: list[Reading], wall_ms: int) -> list[int]:
+        """Take the quiet readings of a large batch out as arrays; the positions of the rest.
+
+        A reading is quiet when handling it one by one would only append it to its series and move
+        the patient's latest values: a float, in time order, of a (patient, vital) seen before,
+        inside the safe interval of its channel's ``last`` rules (``_guard``), not breaching its
+        baseline trend rules, with no technical alert of the vital open and no NEWS2 score or sleep
+        change of the patient before it in the batch. Each (patient, vital) group's quiet readings
+        are a prefix of the group, so they are appended at once (``Series.append_run``); the readings
+        left (returned, in batch order) then go through ``_on_reading`` exactly as they would have.
+        Quiet readings emit nothing, so the outputs come in the same order. Whatever could read
+        another series of the patient (a NEWS2 score) comes after all of the patient's quiet ones.
+        """
+        n = len(batch)
+        gid: dict[tuple[str, str], int] = {}
+        codes = np.fromiter([gid.setdefault((r.patient, r.vital), len(gid)) for r in batch], dtype=np.intp, count=n)
+        ts = np.fromiter([r.ts_ms for r in batch], dtype=np.int64, count=n)
+        values = np.fromiter([v if type(v := r.value) is float else nan for r in batch], dtype=np.float64, count=n)
+        n_groups = len(gid)
+        lo_l = [inf] * n_groups  # empty interval: the group goes one by one
+        hi_l = [-inf] * n_groups
+        newest_l = [0] * n_groups
+        news2_l = [-1] * n_groups
+        kind_l = [0] * n_groups  # 1: NEWS2 input, 2: continuous NEWS2 input, 3: sleep
+        pcodes: dict[str, int] = {}
+        patient_l = [pcodes.setdefault(patient, len(pcodes)) for patient, _vital in gid]
+        groups: list[tuple[PatientState, str, Series, tuple[RuleSpec, ...]] | None] = [None] * n_groups
+        on_channel = self.rules.on_channel
+        no_data = self.rules.no_data
+        patients = self.patients
+        news2_on = self.score_news2
+        for g, (patient, vital) in enumerate(gid):
+            if vital == "sleep":
+                kind_l[g] = 3
+            elif news2_on and vital in _NEWS2_INPUTS:
+                kind_l[g] = 2 if vital in _CONTINUOUS else 1
+            ps = patients.get(patient)
+            if ps is None or vital not in ps.latest:
+                continue  # new patient or vital: one by one, so that every dict keeps its order
+            key = (vital, "")
+            series = ps.series.get(key)
+            if series is None or series.newest_ts is None:
+                continue
+            if ps.open_alerts and (f"analysis_fault_{vital}" in ps.open_alerts
+                                   or any(r.name in ps.open_alerts for r in no_data.get(vital, ()))):
+                continue
+            news2_l[g] = ps.news2_ts
+            rules = on_channel.get(key)
+            trend: tuple[RuleSpec, ...] = ()
+            if rules:
+                guard = ps.guards.get(key)
+                if guard is None or guard[0] != bool(ps.asleep):
+                    guard = self._guard(ps, key, rules)
+                if guard is None:
+                    continue
+                trend = guard[3]
+                if trend and not all(self._quiet_baseline(ps, rule) for rule in trend):
+                    continue
+                lo_l[g], hi_l[g] = guard[1], guard[2]
+            else:
+                lo_l[g], hi_l[g] = -inf, inf
+            newest_l[g] = series.newest_ts
+            groups[g] = (ps, vital, series, trend)
+        order = np.argsort(codes, kind="stable")
+        sc = codes[order]
+        sts = ts[order]
+        sv = values[order]
+        starts = np.flatnonzero(np.concatenate(([True], sc[1:] != sc[:-1])))
+        ends = np.append(starts[1:], n)
+        prev = np.empty(n, dtype=np.int64)
+        prev[1:] = sts[:-1]
+        prev[starts] = newest_l
+        ok = (sts >= prev) & (np.array(lo_l)[sc] <= sv) & (sv <= np.array(hi_l)[sc])
+        where = np.arange(n)
+        prefix_end = np.minimum(np.minimum.reduceat(np.where(ok, n, where), starts), ends)
+        memos: dict[int, list[tuple[int, dict[tuple[str, int], tuple[int, float]]]]] = {}
+        trend_groups = [g for g in np.flatnonzero(prefix_end > starts).tolist()
+                        if (grp := groups[g]) is not None and grp[3]]
+        if trend_groups:
+            sts_l = sts.tolist()
+            sv_l = sv.tolist()
+            for g in trend_groups:
+                grp = groups[g]
+                assert grp is not None
+                end, updates = self._baseline_scan(grp[0], grp[2], grp[3], sts_l, sv_l, sv, int(starts[g]),
+                                                   int(prefix_end[g]))
+                prefix_end[g] = end
+                memos[g] = updates
+        # the positions from which a patient goes one by one: its first sleep reading, and with NEWS2 on,
+        # the first reading that may score (not throttled, or not quiet)
+        kind = np.array(kind_l, dtype=np.int8)
+        cut = np.full(n_groups, n, dtype=np.intp)
+        if (kind > 0).any():
+            first_pos = order[starts]
+            cut[kind == 3] = first_pos[kind == 3]
+            is_n2 = (kind == 1) | (kind == 2)
+            if is_n2.any():
+                n2 = np.array(news2_l, dtype=np.int64)[sc]
+                since = sts - n2
+                throttled = (kind[sc] == 2) & (n2 >= 0) & (since >= 0) & (since < _NEWS2_EVERY_MS)
+                scoring = is_n2[sc] & ~throttled
+                first_scoring = np.minimum.reduceat(np.where(scoring, order, n), starts)
+                first_slow = np.where(prefix_end < ends, order[np.minimum(prefix_end, n - 1)], n)
+                cut[is_n2] = np.minimum(first_scoring, first_slow)[is_n2]
+        if (cut < n).any():
+            patient_of = np.array(patient_l, dtype=np.intp)
+            patient_cut = np.full(len(pcodes), n, dtype=np.intp)
+            np.minimum.at(patient_cut, patient_of, cut)
+            after = order >= patient_cut[patient_of[sc]]
+            prefix_end = np.minimum(prefix_end, np.minimum.reduceat(np.where(after, where, n), starts))
+        fast_groups = np.flatnonzero(prefix_end > starts)
+        last = prefix_end[fast_groups] - 1
+        for g, a, b, t_last, v_last in zip(fast_groups.tolist(), starts[fast_groups].tolist(),
+                                           prefix_end[fast_groups].tolist(), sts[last].tolist(),
+                                           sv[last].tolist(), strict=True):
+            grp = groups[g]
+            assert grp is not None
+            ps, vital, series, _trend = grp
+            series.append_run(sts, sv, a, b, t_last, v_last)
+            if g in memos:
+                for j, changes in memos[g]:
+                    if j < b:
+                        series.memo.update(changes)
+            last_ts = ps.last_ts
+            if t_last > last_ts[vital]:
+                last_ts[vital] = t_last
+            if t_last >= ps.latest[vital][0]:
+                ps.latest[vital] = (t_last, v_last)
+            received = ps.last_received_wall
+            if wall_ms > received[vital]:
+                received[vital] = wall_ms
+        fast = np.zeros(n, dtype=bool)
+        fast[order[where < prefix_end[sc]]] = True
+        slow: list[int] = np.flatnonzero(~fast).tolist()
+        return slow
+
+    def _quiet_baseline(self, ps: PatientState, rule: RuleSpec) -> bool:
+        """A rule the batch pass can follow: a baseline trend, neither active nor counting."""
+        if rule.when.feature.op not in _BASELINE_OPS:
+            return False
+        rs = ps.rule_states.get(rule.name)
+        return rs is None or (not rs.active and rs.since_ts is None)
+
+    def _baseline_scan(self, ps: PatientState, series: Series, rules: tuple[RuleSpec, ...], sts_l: list[int],
+                       sv_l: list[float], sv: FloatArray, a: int, b: int) -> tuple[
+            int, list[tuple[int, dict[tuple[str, int], tuple[int, float]]]]]:
+        """The baseline trend rules evaluated at each of the readings ``a:b`` (sorted batch) as
+        ``_evaluate`` would, one reading after the other: where the first would breach (the quiet
+        prefix ends there), and the memo updates (``features._baseline_median``) of each reading
+        before it."""
+        asleep = bool(ps.asleep)
+        checks = []
+        for rule in rules:
+            cached_v = ps.variants.get(rule.name)
+            awake, asleep_v, _ = cached_v if cached_v is not None else self.variants(ps, rule)
+            variant = asleep_v if asleep else awake
+            f = rule.when.feature
+            checks.append((("median", f.window_ms), f.window_ms, f.window_ms // 60, f.op == "delta_from_median",
+                           variant.enabled, COMPARE[rule.when.compare], variant.threshold))
+        memo = series.memo
+        seen: dict[tuple[str, int], tuple[int, float]] = {}  # memo entries written so far in this scan
+        updates: list[tuple[int, dict[tuple[str, int], tuple[int, float]]]] = []
+        first = sts_l[a]
+        for j in range(a, b):
+            at = sts_l[j]
+            last = sv_l[j]
+            changed: dict[tuple[str, int], tuple[int, float]] = {}
+            for key, w_ms, every, delta, enabled, compare, threshold in checks:
+                cached = changed.get(key) or seen.get(key) or memo.get(key)
+                if cached is not None and 0 <= at - cached[0] < every:
+                    base = cached[1]
+                else:
+                    old = series.window(at, w_ms)[1]
+                    new = sv[a : j + 1]
+                    if first <= at - w_ms:
+                        new = new[np.asarray(sts_l[a : j + 1]) > at - w_ms]
+                    base = median(np.concatenate((old, new)) if len(old) else new)
+                    changed[key] = (at, base)
+                if delta:
+                    value = last - base
+                elif base:
+                    value = (last - base) / base * 100
+                else:
+                    continue
+                if enabled and isfinite(value) and compare(value, threshold):
+                    return j, updates
+            if changed:
+                seen.update(changed)
+                updates.append((j, changed))
+        return b, updates
 
     def _ecg_prepass(self, batch: list[Reading]) -> dict[int, tuple[EcgAnalyzer, EcgFeatures]]:
         """The ECG chunks of a batch analysed together (``ecg.feed_many``), before the readings are

@@ -109,6 +109,27 @@ class Series:
         if evict:
             self.evict_to_horizon()
 
+    def append_run(self, ts: IntArray, values: FloatArray, a: int, b: int, newest: int, last: float) -> None:
+        """``extend(ts[a:b], values[a:b])`` given the run's newest timestamp and value as Python numbers."""
+        n = b - a
+        end = self._end
+        if end + n > len(self._ts):
+            self._make_room(n)
+            end = self._end
+        if n == 1:
+            self._ts[end] = newest
+            self._values[end] = last
+        else:
+            self._ts[end : end + n] = ts[a:b]
+            self._values[end : end + n] = values[a:b]
+        if self._newest is None:
+            self._oldest = int(ts[a])
+        self._newest = newest
+        self._last = last
+        self._end = end + n
+        if self._oldest < newest - self.horizon_ms:
+            self._evict(newest - self.horizon_ms)
+
     def evict_to_horizon(self) -> None:
         newest = self._newest
         if newest is not None and self._oldest < newest - self.horizon_ms:

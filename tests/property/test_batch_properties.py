@@ -10,14 +10,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitorme.config import load_pipelines, load_rules
-from monitorme.core.analysis import AnalysisOutputs, Analyzer
+from monitorme.core import analysis
+from monitorme.core.analysis import AnalysisOutputs, Analyzer, PatientState
 from monitorme.core.ecg import EcgAnalyzer, feed_many
 from monitorme.core.model import PatientId, Reading, Waveform
 from monitorme.core.window import Series, median
@@ -153,3 +156,140 @@ def test_extend_equals_add_one_by_one(steps: list[int], split: int, horizon: int
     assert many.upto(end)[0].tolist() == one.upto(end)[0].tolist()
     assert many.upto(end)[1].tolist() == one.upto(end)[1].tolist()
     assert (many.newest_ts, many.last, len(many)) == (one.newest_ts, one.last, len(one))
+
+
+@contextmanager
+def _batch_min(n: int) -> Iterator[None]:
+    """Force (``n`` = 1) or forbid (huge ``n``) ``Analyzer._batch_pass`` for any batch size."""
+    before = analysis.BATCH_MIN
+    analysis.BATCH_MIN = n
+    try:
+        yield
+    finally:
+        analysis.BATCH_MIN = before
+
+
+_NORMAL = {"heart_rate": (60.0, 100.0), "spo2": (94.0, 99.0), "respiration": (12.0, 20.0),
+           "temperature": (36.5, 37.5), "glucose": (80.0, 140.0)}
+_WIDE = {"heart_rate": (30.0, 160.0), "spo2": (85.0, 95.0), "respiration": (0.0, 32.0),
+         "temperature": (34.5, 40.0), "glucose": (40.0, 420.0)}
+_VITALS = ["heart_rate"] * 6 + ["spo2"] * 3 + ["respiration"] * 3 + ["temperature", "glucose", "blood_pressure",
+                                                                      "sleep", "ecg"]
+_OVERRIDES = [
+    None,
+    {"spo2_low": {"threshold": 95.0}, "hr_high": {"threshold": 90.0, "delay_s": 2.0}},
+    {"spo2_falling": {"threshold": -1.0, "delay_s": 5.0}, "hr_rising": {"threshold": 3.0, "delay_s": 5.0}},
+    {"hr_low": {"enabled": False}, "spo2_falling": {"asleep": {"threshold": -0.5}}, "news2": {"on_oxygen": True}},
+]
+
+
+@st.composite
+def mostly_quiet_wards(draw: st.DrawFn) -> tuple[list[Reading], dict[str, Any]]:
+    """A few patients mostly inside every limit, in time order: what the batch pass takes out as arrays.
+    Mixed in at drawn rates: breaches, readings late (within and beyond the allowance), sleep changes,
+    blood pressure and ECG, falls of SpO2 and rises of heart rate against their baselines; plus
+    per-patient overrides."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_patients = draw(st.integers(1, 4))
+    patients = [PatientId(f"p{i}") for i in range(n_patients)]
+    overrides = {p: draw(st.sampled_from(_OVERRIDES)) for p in patients}
+    breach = draw(st.sampled_from([0.0, 0.01, 0.05, 0.3]))
+    late = draw(st.sampled_from([0.0, 0.02, 0.2]))
+    others = draw(st.sampled_from([0.0, 0.02, 0.1]))  # BP, ECG
+    sleep = draw(st.sampled_from([0.0, 0.01, 0.05]))
+    step = draw(st.sampled_from([100, 700, 3000]))
+    clock = dict.fromkeys(patients, 1_796_306_400_000)
+    shift = {p: 0.0 for p in patients}  # a slow drift: SpO2 falls and heart rate rises against the baseline
+    out: list[Reading] = []
+    for _ in range(draw(st.integers(1, 400))):
+        p = patients[int(rng.integers(n_patients))]
+        clock[p] += int(rng.integers(0, step))
+        at = clock[p]
+        if rng.random() < late:
+            at -= int(rng.choice([1, 2000, 59_000, 90_000]))
+        if rng.random() < 0.01:
+            shift[p] = float(rng.choice([0.0, 3.0, 6.0]))
+        value: Any
+        if rng.random() < sleep:
+            vital = "sleep"
+        elif rng.random() < others:
+            vital = str(rng.choice(["blood_pressure", "ecg"]))
+        else:
+            vital = str(rng.choice(_VITALS[:12]))
+        if vital == "sleep":
+            value = str(rng.choice(["asleep", "awake"]))
+        elif vital == "blood_pressure":
+            value = {"systolic": float(rng.integers(80, 200)), "diastolic": float(rng.integers(40, 90))}
+        elif vital == "ecg":
+            value = Waveform(250.0, _ecg_chunk(rng, "beats", 250, 250, at % 800).astype("<f4").tobytes())
+        else:
+            low, high = (_WIDE if rng.random() < breach else _NORMAL)[vital]
+            value = round(float(rng.uniform(low, high)), 1)
+            if vital == "spo2":
+                value = max(value - shift[p], 0.0)
+            elif vital == "heart_rate":
+                value *= 1 + shift[p] / 20
+        out.append(Reading(p, vital, at, value))
+    return out, overrides
+
+
+def _patient_state(ps: PatientState) -> dict[str, Any]:
+    return {
+        "series": {k: (s.upto(s.newest_ts or 0)[0].tolist(), s.upto(s.newest_ts or 0)[1].tolist(), s.newest_ts,
+                       s.last, s.memo) for k, s in ps.series.items()},
+        "rule_states": ps.rule_states, "latest": list(ps.latest.items()), "last_ts": list(ps.last_ts.items()),
+        "received": list(ps.last_received_wall.items()), "open": ps.open_alerts, "asleep": ps.asleep,
+        "news2": (ps.news2_ts, ps.news2_total, ps.news2),
+    }
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ward=mostly_quiet_wards(), cuts=st.lists(st.integers(1, 120), min_size=1, max_size=8),
+       news2=st.booleans(), ticks=st.booleans())
+def test_batch_pass_gives_what_the_per_reading_path_gives(ward: tuple[list[Reading], dict[str, Any]],
+                                                          cuts: list[int], news2: bool, ticks: bool) -> None:
+    """``_batch_pass`` (forced for every batch) against the per-reading path (forbidden), batch by batch:
+    the same alerts in the same order, scores, late counts and faults, and the same state of every
+    patient (series contents, medians memo, rule states, latest values, open alerts, NEWS2)."""
+    readings, overrides = ward
+    one, batched = Analyzer("w", RULES, score_news2=news2), Analyzer("w", RULES, score_news2=news2)
+    for analyzer in (one, batched):
+        for p, thresholds in overrides.items():
+            analyzer.set_patient(p, "s1", thresholds)
+    a, b = AnalysisOutputs(), AnalysisOutputs()
+    i, k, wall = 0, 0, 1_796_306_400_000
+    while i < len(readings):
+        chunk = readings[i : i + cuts[k % len(cuts)]]
+        i, k, wall = i + len(chunk), k + 1, wall + 1000
+        with _batch_min(10**9):
+            one.on_readings(chunk, wall, a)
+        with _batch_min(1):
+            batched.on_readings(chunk, wall, b)
+        if ticks and k % 3 == 0:  # no-data alerts, resolved by the next reading of their vital
+            one.tick(wall + 200_000, a)
+            batched.tick(wall + 200_000, b)
+        assert _outputs(b) == _outputs(a)
+        assert {p: _patient_state(ps) for p, ps in batched.patients.items()} == {
+            p: _patient_state(ps) for p, ps in one.patients.items()}
+
+
+def test_batch_pass_after_a_sleep_change_rebuilds_the_safe_interval() -> None:
+    """A guard built asleep (SpO2 safe from 88 %) must not survive waking (safe from 90 %): 89 % (3 under
+    the baseline: no fall) then starts ``spo2_low``'s delay. One pinned case of the property above,
+    which rarely draws it."""
+    t0 = 1_796_306_400_000
+    asleep = [Reading(PatientId("p"), "sleep", t0, "asleep")]
+    asleep += [Reading(PatientId("p"), "spo2", t0 + 5000 * i, 92.0) for i in range(1, 6)]
+    awake = [Reading(PatientId("p"), "sleep", t0 + 30_000, "awake")]
+    low = [Reading(PatientId("p"), "spo2", t0 + 30_000 + 5000 * i, 89.0) for i in range(1, 6)]
+    one, batched = Analyzer("w", RULES, score_news2=False), Analyzer("w", RULES, score_news2=False)  # else
+    # a possible NEWS2 score of the patient sends its readings one by one
+    a, b = AnalysisOutputs(), AnalysisOutputs()
+    for chunk in (asleep, awake, low):
+        with _batch_min(10**9):
+            one.on_readings(chunk, t0, a)
+        with _batch_min(1):
+            batched.on_readings(chunk, t0, b)
+    assert [x.rule for x in a.alerts] == ["spo2_low"]
+    assert _outputs(b) == _outputs(a)
+    assert _patient_state(batched.patients["p"]) == _patient_state(one.patients["p"])
