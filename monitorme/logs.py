@@ -55,3 +55,21 @@ def setup_logging(fmt: str = "auto", level: str = "INFO") -> None:
     # Third-party chatter stays out of INFO; paho logs every packet at DEBUG.
     for name in ("aiomqtt", "paho", "asyncio", "aiohttp.access", "amqtt", "transitions"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_malformed_http_is_a_warning)
+
+
+def _malformed_http_is_a_warning(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request its parser refuses (it answers 400) as an ERROR with a traceback.
+
+    That is hostile or broken input, not a fault of ours: keep it as a one-line warning, so
+    garbage from the network cannot fill the error log or page anyone.
+    """
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = "http_bad_request", ()
+        record.__dict__["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        record.exc_info = record.exc_text = None
+    return True

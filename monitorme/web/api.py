@@ -62,8 +62,10 @@ def error(status: int, reason: str, detail: str) -> web.HTTPException:
 
 def parse_time(text: str, name: str) -> int:
     """Epoch ms, or an RFC 3339 string with offset, from a query parameter."""
-    if text.lstrip("-").isdigit():
+    if text.isdigit() and len(text) <= 15:  # epoch ms, 1970 until year 33658
         return int(text)
+    if text.lstrip("-").isdigit():
+        raise error(400, "bad_time", f"{name} must be epoch ms from 0 to 10^15, got {text[:40]!r}")
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
@@ -122,6 +124,12 @@ async def healthz(_request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     parts = request.app[READY]()
     return json_response({"ready": all(parts.values()), **parts}, status=200 if all(parts.values()) else 503)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from monitorme.web.openapi import document
+
+    return json_response(document([spec.vital for spec in request.app[READER].registry]))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -290,6 +298,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/api/patients", list_patients)
     app.router.add_put("/api/patients/{patient}", put_patient)
     app.router.add_delete("/api/patients/{patient}", discharge_patient)

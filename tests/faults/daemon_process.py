@@ -20,12 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 class DaemonProcess:
     """One daemon process with a JSON log read in a thread; ``events`` keeps every record."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, insecure: bool = True) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("MONITORME_")}
         base.update(MONITORME_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
         base.update(env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitorme", "run", "--insecure-no-auth"],
+            [sys.executable, "-m", "monitorme", "run", *(["--insecure-no-auth"] if insecure else [])],
             cwd=REPO, env=base, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, encoding="utf-8", errors="replace", bufsize=1,
         )
