@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def render(r: dict[str, Any], plot_dir: str = "plots") -> str:
     m = drain.get("monitorme") or {}
     if m:
         lines += ["", f"MonitorMe during that drain: {m.get('cpu_s_per_1000_median')} CPU-s per 1,000 readings, "
-                  f"peak RSS {m.get('peak_rss_mb')} MB (500 patients)."]
+                  f"peak RSS {', '.join(str(x) for x in m.get('peak_rss_mb') or [])} MB (500 patients)."]
     big = r.get("drain_5000") or {}
     if big.get("rows_per_s"):
         lines.append(f"With {big['patients']:,} patients ({big['messages']:,} messages): {_fmt(big['rows_per_s'])} "
@@ -209,7 +210,7 @@ def render(r: dict[str, Any], plot_dir: str = "plots") -> str:
 
 def write_report(r: dict[str, Any], path: Path, plot_dir: Path) -> None:
     plots(r, plot_dir)
-    path.write_text(render(r, plot_dir.relative_to(path.parent).as_posix()))
+    path.write_text(render(r, Path(os.path.relpath(plot_dir, path.parent)).as_posix()))
 
 
 def main(argv: list[str] | None = None) -> int:
