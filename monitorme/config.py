@@ -29,6 +29,8 @@ class Settings:
     mqtt_receive_maximum: int = 20_000
     mqtt_session_expiry_s: int = 86_400
     mqtt_ca: str = ""
+    mqtt_cert: str = ""  # client certificate (PEM) for mqtts:// brokers that require one
+    mqtt_key: str = ""  # its private key (PEM); default: in the cert file
     database_url: str = "postgresql://postgres@127.0.0.1:5432/monitorme"
     database_batch_rows: int = 10_000
     database_flush_ms: int = 10
@@ -38,6 +40,7 @@ class Settings:
     spool_max_bytes: int = 1 << 30
     http_listen: str = "127.0.0.1:8080"
     http_tokens: str = ""
+    http_auth_failures_per_minute: int = 20  # per client address; then 429 until the minute has passed
     ingest_max_future_s: int = 300
     ingest_max_payload_bytes: int = 65_536
     ingest_batch_max: int = 5_000
@@ -85,6 +88,9 @@ ENV_KEYS = {
     "MONITORME_RULES": "rules_dir",
     "MONITORME_LOG_FORMAT": "log_format",
     "MONITORME_SPOOL_DIR": "spool_dir",
+    "MONITORME_MQTT_CA": "mqtt_ca",
+    "MONITORME_MQTT_CERT": "mqtt_cert",
+    "MONITORME_MQTT_KEY": "mqtt_key",
     "MONITORME_LOG_LEVEL": "log_level",
 }
 _TOP_LEVEL = {"ward"}
@@ -139,6 +145,12 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
     for var, field in ENV_KEYS.items():
         if var in env:
             values[field] = env[var]
+        elif f"{var}_FILE" in env:  # Docker/Kubernetes/systemd-credentials style: the secret stays in a file
+            secret = Path(env[f"{var}_FILE"])
+            try:
+                values[field] = secret.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{var}_FILE", f"cannot read {secret}: {exc.strerror}") from None
     for field, value in list(values.items()):
         want = known[field].type
         key = _key_name(field)
@@ -178,6 +190,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("database.flush_ms", "must be 1..100 (readings must be stored within 100 ms)")
     if s.database_batch_rows < 1:
         raise ConfigError("database.batch_rows", "must be positive")
+    if s.http_auth_failures_per_minute < 1:
+        raise ConfigError("http.auth_failures_per_minute", "must be at least 1")
     if s.spool_max_bytes < 1 << 20:
         raise ConfigError("spool.max_bytes", "must be at least 1 MiB")
     if s.database_retention_hours < 1:
@@ -186,7 +200,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("mymedicaldata.url", "must be an https:// URL")
     if s.log_format not in ("auto", "json", "console"):
         raise ConfigError("log.format", "must be auto, json or console")
-    for key, path in (("http.tokens", s.http_tokens), ("mqtt.ca", s.mqtt_ca),
+    for key, path in (("http.tokens", s.http_tokens), ("mqtt.ca", s.mqtt_ca), ("mqtt.cert", s.mqtt_cert),
+                      ("mqtt.key", s.mqtt_key),
                       ("mymedicaldata.ca", s.mymedicaldata_ca), ("pipelines.dir", s.pipelines_dir),
                       ("rules.dir", s.rules_dir)):
         if path and not Path(path).exists():

@@ -41,6 +41,8 @@ class MqttSettings:
     session_expiry_s: int = 86_400  # the broker keeps our queue this long while we are away
     keepalive_s: int = 30
     ca_file: str | None = None
+    cert_file: str | None = None  # client certificate for brokers that authenticate clients by TLS
+    key_file: str | None = None
     max_buffered_qos0: int = 100_000
     reconnect_max_s: float = 30.0
 
@@ -172,7 +174,11 @@ class MqttSource:
         # then rejected and dead-lettered as bad_topic instead of vanishing unseen.
         topic = f"monitorme/{self.settings.ward}/#"
         a = self.address
-        tls = ssl.create_default_context(cafile=self.settings.ca_file) if a.tls else None
+        tls = None
+        if a.tls:  # server certificate and hostname always verified
+            tls = ssl.create_default_context(cafile=self.settings.ca_file)
+            if self.settings.cert_file:
+                tls.load_cert_chain(self.settings.cert_file, self.settings.key_file or None)
         while not stop.is_set():
             connection: MqttConnection | None = None
             try:

@@ -120,7 +120,8 @@ class Daemon:
         self.source = MqttSource(
             MqttSettings(url=s.mqtt_url, ward=s.ward, client_id=s.client_id, protocol=s.mqtt_protocol,
                          qos=s.mqtt_qos, receive_maximum=s.mqtt_receive_maximum,
-                         session_expiry_s=s.mqtt_session_expiry_s, ca_file=s.mqtt_ca or None),
+                         session_expiry_s=s.mqtt_session_expiry_s, ca_file=s.mqtt_ca or None,
+                         cert_file=s.mqtt_cert or None, key_file=s.mqtt_key or None),
             self.metrics,
         )
         self.writer = PgWriter(
@@ -136,7 +137,8 @@ class Daemon:
                          if s.mymedicaldata_url else None)
         self.processor = Processor(self.source, self.engine, self.writer, self.metrics, self.dispatch,
                                    batch_max=s.ingest_batch_max)
-        app = create_app(self.reader, self.metrics, self.tokens, self.readiness, self)
+        app = create_app(self.reader, self.metrics, self.tokens, self.readiness, self,
+                         auth_failures_per_minute=s.http_auth_failures_per_minute)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._stack.push_async_callback(self._runner.cleanup)

@@ -68,8 +68,8 @@ def _document(vital: dict[str, Any]) -> dict[str, Any]:
                             "properties": {"station": {**_ID, "nullable": True}, "bed": {**_ID, "nullable": True},
                                            "thresholds": {"type": "object", "nullable": True}}}}}},
                         "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403)}},
-                "delete": {"parameters": [_PATIENT],
-                           "responses": {"200": _json({"type": "object"}, "discharged"), **_errors(400, 401, 403, 404)}},
+                "delete": {"parameters": [_PATIENT], "responses": {
+                    "200": _json({"type": "object"}, "discharged"), **_errors(400, 401, 403, 404)}},
             },
             "/api/patients/{patient}/history": {"get": {
                 "parameters": [_PATIENT,

@@ -33,7 +33,9 @@ def expect(station: int, clinician: int, admin: int) -> dict[str, int]:
 
 async def test_access_matrix(tmp_path: Path, ward: str, tuned_mqtt_url: str, pg_dsn: str) -> None:
     settings = make_settings(tmp_path, ward=ward, mqtt_url=tuned_mqtt_url, dsn=pg_dsn,
-                             protocol=broker_protocol(tuned_mqtt_url), mymedicaldata_url="https://127.0.0.1:9/fhir")
+                             protocol=broker_protocol(tuned_mqtt_url),
+                             mymedicaldata_url="https://127.0.0.1:9/fhir",
+                             http_auth_failures_per_minute=10_000)  # the matrix fails on purpose, often
     now = int(time.time() * 1000)
     async with running(settings) as daemon, aiohttp.ClientSession() as http:
         url = base_url(daemon)
@@ -98,3 +100,28 @@ async def test_access_matrix(tmp_path: Path, ward: str, tuned_mqtt_url: str, pg_
                 if r.status != 200:
                     failures.append(f"GET {public} without a token: {r.status}")
     assert failures == []
+
+
+async def test_failed_logins_are_rate_limited_per_address(tmp_path: Path, ward: str, tuned_mqtt_url: str,
+                                                          pg_dsn: str) -> None:
+    import aiohttp
+
+    settings = make_settings(tmp_path, ward=ward, mqtt_url=tuned_mqtt_url, dsn=pg_dsn,
+                             protocol=broker_protocol(tuned_mqtt_url), http_auth_failures_per_minute=5)
+    async with running(settings) as daemon, aiohttp.ClientSession() as http:
+        url = base_url(daemon)
+        statuses = []
+        for i in range(7):
+            async with http.get(f"{url}/api/patients", headers={"Authorization": f"Bearer guess-{i}"}) as r:
+                statuses.append(r.status)
+        async with http.get(f"{url}/api/patients", headers=ADMIN) as r:
+            limited_even_with_a_good_token = r.status
+            retry_after = r.headers.get("Retry-After")
+        async with http.get(f"{url}/healthz") as r:
+            health = r.status
+        failures = daemon.metrics.get("monitorme_http_auth_failures_total")
+        limited = daemon.metrics.get("monitorme_http_auth_limited_total")
+    assert statuses == [401] * 5 + [429] * 2
+    assert limited_even_with_a_good_token == 429 and retry_after is not None and int(retry_after) >= 1
+    assert health == 200  # health checks are never limited
+    assert failures == 5 and limited == 3

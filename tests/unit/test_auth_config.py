@@ -111,3 +111,37 @@ def test_histogram_buckets_render_cumulatively_and_interpolate_quantiles() -> No
     assert "monitorme_store_lag_seconds_count 6" in text
     assert h.quantile(0.5) == 0.015  # rank 3 of 6: half-way through the (0.01, 0.02] bucket
     assert h.quantile(1.0) == 0.05  # beyond the last bound all we know is "more than 0.05"
+
+
+def test_secrets_can_come_from_files_and_env_still_wins(tmp_path: Path) -> None:
+    from monitorme.config import load_settings
+
+    secret = tmp_path / "db-url"
+    secret.write_text("postgresql://monitorme:s3cret@db/monitorme\n")
+    s = load_settings(None, {"MONITORME_DATABASE_URL_FILE": str(secret)})
+    assert s.database_url == "postgresql://monitorme:s3cret@db/monitorme"  # trailing newline stripped
+    s = load_settings(None, {"MONITORME_DATABASE_URL_FILE": str(secret),
+                             "MONITORME_DATABASE_URL": "postgresql://other@db/x"})
+    assert s.database_url == "postgresql://other@db/x"
+    with pytest.raises(ConfigError, match="MONITORME_MYMEDICALDATA_TOKEN_FILE"):
+        load_settings(None, {"MONITORME_MYMEDICALDATA_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_failed_auth_limiter_counts_per_address_within_the_window() -> None:
+    from monitorme.web.app import FailedAuthLimiter
+
+    now = [1000.0]
+    limiter = FailedAuthLimiter(limit=3, window_s=60, max_clients=2, clock=lambda: now[0])
+    for _ in range(3):
+        assert limiter.retry_after("10.0.0.1") == 0
+        limiter.failed("10.0.0.1")
+    assert limiter.retry_after("10.0.0.1") == 60  # limited until the oldest failure leaves the window
+    assert limiter.retry_after("10.0.0.2") == 0  # another address is not
+    now[0] += 30
+    assert limiter.retry_after("10.0.0.1") == 30
+    now[0] += 30.5
+    assert limiter.retry_after("10.0.0.1") == 0
+    limiter.failed("a")
+    limiter.failed("b")
+    limiter.failed("c")  # a flood of addresses: memory stays bounded
+    assert len(limiter._failures) <= 2
