@@ -23,8 +23,10 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "bad request", 401: "no or unknown token", 403: "outside the token's scope",
-            404: "not found", 409: "conflict", 503: "not ready or the database is away"}
-    return {str(c): _json({"$ref": "#/components/schemas/Error"}, text[c]) for c in codes}
+            404: "not found", 409: "conflict", 429: "too many failed logins from this address (Retry-After)",
+            503: "not ready or the database is away"}
+    # every authenticated operation can answer 429 once an address has failed to log in too often
+    return {str(c): _json({"$ref": "#/components/schemas/Error"}, text[c]) for c in (*codes, 429)}
 
 
 _PATIENT = {"name": "patient", "in": "path", "required": True, "schema": _ID}
