@@ -6,7 +6,7 @@ Pure and synchronous. Readings move windows in event time; only ``tick`` reads w
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from math import inf, isfinite, nan, nextafter
 from typing import Any
@@ -46,6 +46,15 @@ _BASELINE_OPS = ("delta_from_median", "pct_from_median")  # trend operators the 
 EVICT_AFTER_MS = 6 * 3_600_000  # a patient silent this long with nothing open has left: free the state
 
 
+def _quiet_rules(ps: PatientState, rules: tuple[RuleSpec, ...]) -> bool:
+    """None of ``rules`` is active or counting for the patient."""
+    for rule in rules:
+        rs = ps.rule_states.get(rule.name)
+        if rs is not None and (rs.active or rs.since_ts is not None):
+            return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class ScoreUpdate:
     """A patient's NEWS2 changed (for the station feed)."""
@@ -72,6 +81,10 @@ class AnalysisOutputs:
     faults: list[Fault] = field(default_factory=list)
 
 
+# (memo key, window ms, memo lifetime ms, delta (else percent), enabled, compare, threshold) of a baseline trend
+_TrendCheck = tuple[tuple[str, int], int, int, bool, bool, Callable[[float, float], bool], float]
+
+
 @dataclass(slots=True)
 class PatientState:
     """Everything the analysis remembers about one patient."""
@@ -95,6 +108,8 @@ class PatientState:
     # per (vital, channel): (asleep, lo, hi, rules to evaluate anyway). While every ``last`` rule of
     # the channel is quiet, a value in [lo, hi] breaches none of them, so they need no evaluation
     guards: dict[tuple[str, str], tuple[bool, float, float, tuple[RuleSpec, ...]]] = field(default_factory=dict)
+    # per (vital, channel): the guard its baseline-trend checks were made for, and the checks (batch pass)
+    trend_checks: dict[tuple[str, str], tuple[object, list[_TrendCheck]]] = field(default_factory=dict)
 
     def status(self) -> dict[str, Any]:
         """What a screen shows beside the vitals: sleep state, NEWS2 and open alerts."""
@@ -129,14 +144,20 @@ class Analyzer:
         self.lateness_ms = lateness_ms
         self.patients: dict[str, PatientState] = {}
         self._alert_index: dict[str, tuple[str, str]] = {}  # alert id -> (patient, rule)
+        # (patient, vital) -> what the batch pass found for it last: patient, series, (guard, key), checks;
+        # valid while the patient and the guard are the very same objects
+        self._groups: dict[tuple[str, str], tuple[PatientState, Series, tuple[tuple[
+            bool, float, float, tuple[RuleSpec, ...]], tuple[str, str]] | None, list[_TrendCheck]]] = {}
 
     # -- configuration ----------------------------------------------------------
     def reload(self, rules: RuleSet) -> None:
         """New rules; windows, rule states and open alerts of rules that still exist are kept."""
         self.rules = rules
+        self._groups.clear()
         for ps in self.patients.values():
             ps.variants.clear()
             ps.guards.clear()
+            ps.trend_checks.clear()
             for name in [n for n in ps.rule_states if n not in rules.by_name]:
                 del ps.rule_states[name]
 
@@ -147,6 +168,7 @@ class Analyzer:
             ps.overrides = {k: dict(v) for k, v in overrides.items()}
             ps.variants.clear()
             ps.guards.clear()
+            ps.trend_checks.clear()
 
     def discharge(self, patient: str, wall_ms: int, out: AnalysisOutputs) -> None:
         """The patient left: close every open alert (monitoring ended) and free the state."""
@@ -161,6 +183,8 @@ class Analyzer:
 
     def evict(self, patient: str) -> None:
         ps = self.patients.pop(patient, None)
+        for pair in [pair for pair in self._groups if pair[0] == patient]:
+            del self._groups[pair]
         if ps is not None:
             for a in ps.open_alerts.values():
                 self._alert_index.pop(a.id, None)
@@ -197,20 +221,25 @@ class Analyzer:
         """Take the quiet readings of a large batch out as arrays; the positions of the rest.
 
         A reading is quiet when handling it one by one would only append it to its series and move
-        the patient's latest values: a float, in time order, of a (patient, vital) seen before,
-        inside the safe interval of its channel's ``last`` rules (``_guard``), not breaching its
-        baseline trend rules, with no technical alert of the vital open and no NEWS2 score or sleep
-        change of the patient before it in the batch. Each (patient, vital) group's quiet readings
-        are a prefix of the group, so they are appended at once (``Series.append_run``); the readings
-        left (returned, in batch order) then go through ``_on_reading`` exactly as they would have.
-        Quiet readings emit nothing, so the outputs come in the same order. Whatever could read
-        another series of the patient (a NEWS2 score) comes after all of the patient's quiet ones.
+        the patient's latest values: a float, in time order, inside the safe interval of its
+        channel's ``last`` rules (``_guard``), not breaching its baseline trend rules, with no
+        technical alert of the vital open and no NEWS2 score or sleep change of the patient before it
+        in the batch. Each (patient, vital) group's quiet readings are a prefix of the group, so they
+        are appended at once (``Series.append_run``); the readings left (returned, in batch order)
+        then go through ``_on_reading`` exactly as they would have. Quiet readings emit nothing, so
+        the outputs come in the same order. Whatever could read another series of the patient (a
+        NEWS2 score) comes after all of the patient's quiet ones. New patients and vitals get their
+        state (and its dict order) as their first reading would have given it.
         """
         n = len(batch)
         gid: dict[tuple[str, str], int] = {}
         codes = np.fromiter([gid.setdefault((r.patient, r.vital), len(gid)) for r in batch], dtype=np.intp, count=n)
         ts = np.fromiter([r.ts_ms for r in batch], dtype=np.int64, count=n)
         values = np.fromiter([v if type(v := r.value) is float else nan for r in batch], dtype=np.float64, count=n)
+        order = np.argsort(codes, kind="stable")
+        sc = codes[order]
+        starts = np.flatnonzero(np.concatenate(([True], sc[1:] != sc[:-1])))  # group g starts at starts[g]
+        first_pos = order[starts]  # in batch order, as the codes were given
         n_groups = len(gid)
         lo_l = [inf] * n_groups  # empty interval: the group goes one by one
         hi_l = [-inf] * n_groups
@@ -219,48 +248,80 @@ class Analyzer:
         kind_l = [0] * n_groups  # 1: NEWS2 input, 2: continuous NEWS2 input, 3: sleep
         pcodes: dict[str, int] = {}
         patient_l = [pcodes.setdefault(patient, len(pcodes)) for patient, _vital in gid]
-        groups: list[tuple[PatientState, str, Series, tuple[RuleSpec, ...]] | None] = [None] * n_groups
+        groups: list[tuple[PatientState, str, Series, list[_TrendCheck]] | None] = [None] * n_groups
         on_channel = self.rules.on_channel
         no_data = self.rules.no_data
         patients = self.patients
         news2_on = self.score_news2
-        for g, (patient, vital) in enumerate(gid):
+        known = self._groups
+        for g, (pair, first) in enumerate(zip(gid, first_pos.tolist(), strict=True)):
+            patient, vital = pair
             if vital == "sleep":
                 kind_l[g] = 3
             elif news2_on and vital in _NEWS2_INPUTS:
                 kind_l[g] = 2 if vital in _CONTINUOUS else 1
             ps = patients.get(patient)
-            if ps is None or vital not in ps.latest:
-                continue  # new patient or vital: one by one, so that every dict keeps its order
+            hit = known.get(pair)
+            if hit is not None and hit[0] is ps and not ps.open_alerts:  # what the last batch found still holds?
+                _ps, known_series, held, checks = hit
+                if held is None:  # no rules on the channel
+                    lo_l[g], hi_l[g] = -inf, inf
+                elif (ps.guards.get(held[1]) is held[0] and held[0][0] == bool(ps.asleep)
+                      and (not checks or _quiet_rules(ps, held[0][3]))):
+                    lo_l[g], hi_l[g] = held[0][1], held[0][2]
+                else:
+                    hit = None
+                if hit is not None:
+                    newest_l[g] = known_series.newest_ts or 0  # never None: the series was not empty
+                    news2_l[g] = ps.news2_ts
+                    groups[g] = (ps, vital, known_series, checks)
+                    continue
+            if ps is None:  # created here, in the order their first readings would have created them
+                ps = self._patient(patient)
             key = (vital, "")
+            if vital not in ps.latest:  # what the first reading sets before anything else, in the same order
+                reading = batch[first]
+                ps.last_received_wall[vital] = max(wall_ms, 0)
+                ps.last_ts[vital] = reading.ts_ms
+                ps.latest[vital] = (reading.ts_ms, reading.value)
+                if type(reading.value) is float and key not in ps.series:
+                    ps.series[key] = Series(self.rules.horizon_ms(vital, ""), self.lateness_ms)
             series = ps.series.get(key)
-            if series is None or series.newest_ts is None:
+            if series is None:
                 continue
             if ps.open_alerts and (f"analysis_fault_{vital}" in ps.open_alerts
                                    or any(r.name in ps.open_alerts for r in no_data.get(vital, ()))):
                 continue
             news2_l[g] = ps.news2_ts
             rules = on_channel.get(key)
-            trend: tuple[RuleSpec, ...] = ()
+            checks = []
+            held = None
             if rules:
                 guard = ps.guards.get(key)
                 if guard is None or guard[0] != bool(ps.asleep):
                     guard = self._guard(ps, key, rules)
                 if guard is None:
                     continue
-                trend = guard[3]
-                if trend and not all(self._quiet_baseline(ps, rule) for rule in trend):
-                    continue
+                if guard[3]:
+                    cached = ps.trend_checks.get(key)
+                    if cached is not None and cached[0] is guard:
+                        checks = cached[1]
+                    else:
+                        checks = self._trend_checks(ps, guard[3])
+                        ps.trend_checks[key] = (guard, checks)
+                    if not checks or not _quiet_rules(ps, guard[3]):
+                        continue
                 lo_l[g], hi_l[g] = guard[1], guard[2]
+                held = (guard, key)
             else:
                 lo_l[g], hi_l[g] = -inf, inf
-            newest_l[g] = series.newest_ts
-            groups[g] = (ps, vital, series, trend)
-        order = np.argsort(codes, kind="stable")
-        sc = codes[order]
+            newest = series.newest_ts
+            newest_l[g] = newest if newest is not None else -(2**62)
+            groups[g] = (ps, vital, series, checks)
+            if newest is not None:
+                known[pair] = (ps, series, held, checks)
         sts = ts[order]
         sv = values[order]
-        starts = np.flatnonzero(np.concatenate(([True], sc[1:] != sc[:-1])))
         ends = np.append(starts[1:], n)
         prev = np.empty(n, dtype=np.int64)
         prev[1:] = sts[:-1]
@@ -277,7 +338,7 @@ class Analyzer:
             for g in trend_groups:
                 grp = groups[g]
                 assert grp is not None
-                end, updates = self._baseline_scan(grp[0], grp[2], grp[3], sts_l, sv_l, sv, int(starts[g]),
+                end, updates = self._baseline_scan(grp[2], grp[3], sts_l, sv_l, sv, int(starts[g]),
                                                    int(prefix_end[g]))
                 prefix_end[g] = end
                 memos[g] = updates
@@ -286,7 +347,6 @@ class Analyzer:
         kind = np.array(kind_l, dtype=np.int8)
         cut = np.full(n_groups, n, dtype=np.intp)
         if (kind > 0).any():
-            first_pos = order[starts]
             cut[kind == 3] = first_pos[kind == 3]
             is_n2 = (kind == 1) | (kind == 2)
             if is_n2.any():
@@ -310,7 +370,7 @@ class Analyzer:
                                            sv[last].tolist(), strict=True):
             grp = groups[g]
             assert grp is not None
-            ps, vital, series, _trend = grp
+            ps, vital, series, _checks = grp
             series.append_run(sts, sv, a, b, t_last, v_last)
             if g in memos:
                 for j, changes in memos[g]:
@@ -329,29 +389,28 @@ class Analyzer:
         slow: list[int] = np.flatnonzero(~fast).tolist()
         return slow
 
-    def _quiet_baseline(self, ps: PatientState, rule: RuleSpec) -> bool:
-        """A rule the batch pass can follow: a baseline trend, neither active nor counting."""
-        if rule.when.feature.op not in _BASELINE_OPS:
-            return False
-        rs = ps.rule_states.get(rule.name)
-        return rs is None or (not rs.active and rs.since_ts is None)
+    def _trend_checks(self, ps: PatientState, rules: tuple[RuleSpec, ...]) -> list[_TrendCheck]:
+        """What ``_baseline_scan`` needs of each rule in force; empty if one is not a baseline trend."""
+        asleep = bool(ps.asleep)
+        checks: list[_TrendCheck] = []
+        for rule in rules:
+            f = rule.when.feature
+            if f.op not in _BASELINE_OPS:
+                return []
+            awake, asleep_v, _ = self.variants(ps, rule)
+            variant = asleep_v if asleep else awake
+            checks.append((("median", f.window_ms), f.window_ms, f.window_ms // 60, f.op == "delta_from_median",
+                           variant.enabled, COMPARE[rule.when.compare], variant.threshold))
+        return checks
 
-    def _baseline_scan(self, ps: PatientState, series: Series, rules: tuple[RuleSpec, ...], sts_l: list[int],
-                       sv_l: list[float], sv: FloatArray, a: int, b: int) -> tuple[
+    @staticmethod
+    def _baseline_scan(series: Series, checks: list[_TrendCheck], sts_l: list[int], sv_l: list[float],
+                       sv: FloatArray, a: int, b: int) -> tuple[
             int, list[tuple[int, dict[tuple[str, int], tuple[int, float]]]]]:
         """The baseline trend rules evaluated at each of the readings ``a:b`` (sorted batch) as
         ``_evaluate`` would, one reading after the other: where the first would breach (the quiet
         prefix ends there), and the memo updates (``features._baseline_median``) of each reading
         before it."""
-        asleep = bool(ps.asleep)
-        checks = []
-        for rule in rules:
-            cached_v = ps.variants.get(rule.name)
-            awake, asleep_v, _ = cached_v if cached_v is not None else self.variants(ps, rule)
-            variant = asleep_v if asleep else awake
-            f = rule.when.feature
-            checks.append((("median", f.window_ms), f.window_ms, f.window_ms // 60, f.op == "delta_from_median",
-                           variant.enabled, COMPARE[rule.when.compare], variant.threshold))
         memo = series.memo
         seen: dict[tuple[str, int], tuple[int, float]] = {}  # memo entries written so far in this scan
         updates: list[tuple[int, dict[tuple[str, int], tuple[int, float]]]] = []
