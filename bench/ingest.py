@@ -561,9 +561,10 @@ async def _watch_drain(daemon: _Daemon, dsn: str, expected: int) -> tuple[Drain,
 
 
 def monitorme_drain(url: str, dsn: str, ward: str, messages: Sequence[SimMessage],
-                    collected: Collected) -> DaemonDrain:
+                    collected: Collected, extra_env: dict[str, str] | None = None) -> DaemonDrain:
     """Start the daemon once (session), stop it, publish the backlog, start it and time the drain."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONITORME_")}
+    env.update(extra_env or {})
     env.update({
         "MONITORME_MQTT_URL": url,
         "MONITORME_DATABASE_URL": dsn,

@@ -89,6 +89,7 @@ ENV_KEYS = {
     "MONITORME_LOG_FORMAT": "log_format",
     "MONITORME_SPOOL_DIR": "spool_dir",
     "MONITORME_MQTT_CA": "mqtt_ca",
+    "MONITORME_MQTT_RECEIVE_MAXIMUM": "mqtt_receive_maximum",
     "MONITORME_MQTT_CERT": "mqtt_cert",
     "MONITORME_MQTT_KEY": "mqtt_key",
     "MONITORME_LOG_LEVEL": "log_level",

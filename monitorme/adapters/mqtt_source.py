@@ -44,6 +44,11 @@ class MqttSettings:
     cert_file: str | None = None  # client certificate for brokers that authenticate clients by TLS
     key_file: str | None = None
     max_buffered_qos0: int = 100_000
+    # Our own bound on messages taken off the socket but not yet handed to the processor. Receive
+    # Maximum should bound it already, but Mosquitto 2.0.11 was seen sending a 2,580-message
+    # backlog at once to a session with Receive Maximum 20 right after its first PUBACK
+    # (bench/ack_cost.py); so past this many we stop reading and let TCP hold the broker back.
+    max_buffered: int = 20_000
     reconnect_max_s: float = 30.0
 
 
@@ -91,6 +96,7 @@ class MqttSource:
         self._connection: MqttConnection | None = None
         self._generation = 0  # acks of messages from an older connection are void
         self._own_alerts: list[tuple[int, int]] = []
+        self._paused = False  # socket reading paused: too much taken in, not yet processed
         self._alerts_suffix = "/alerts"
         metrics.describe("monitorme_mqtt_received_total", "counter", "MQTT messages received.")
         metrics.gauge("monitorme_mqtt_buffered", lambda: len(self._buffer))
@@ -110,9 +116,14 @@ class MqttSource:
                 self.metrics.inc("monitorme_mqtt_dropped_total", reason="qos0_buffer_full")
                 return
             self._qos0_buffered += 1
-        self._buffer.append(RawMessage(topic, payload, received_ms, token))
+        buffer = self._buffer
+        buffer.append(RawMessage(topic, payload, received_ms, token))
         if not self.arrived.is_set():
             self.arrived.set()
+        if len(buffer) >= self.settings.max_buffered and self._connection is not None and not self._paused:
+            self._paused = True
+            self._connection.pause_reading()
+            self.metrics.inc("monitorme_mqtt_read_pauses_total")
 
     @property
     def client(self) -> MqttConnection | None:
@@ -131,6 +142,9 @@ class MqttSource:
             batch, self._buffer = buffer[:limit], buffer[limit:]
         if not self._buffer:
             self.arrived.clear()
+        if self._paused and len(self._buffer) < self.settings.max_buffered // 2 and self._connection is not None:
+            self._paused = False
+            self._connection.resume_reading()
         if self._own_alerts:
             self.ack(self._own_alerts)
             self._own_alerts = []
@@ -185,11 +199,13 @@ class MqttSource:
                 self._generation += 1
                 connection = await MqttConnection.open(a.host, a.port, self._options(), self._on_publish, tls=tls)
                 self._connection = connection
+                self._paused = False  # a new socket reads from the start
                 # no_local: our own alert publications do not come back to us (MQTT 5)
                 await connection.subscribe(topic, self.settings.qos, no_local=True)
                 self.connected = True
                 attempt = 0
-                log.info("mqtt_connected", extra={"host": a.host, "port": a.port,
+                log.info("mqtt_connected", extra={"host": a.host, "port": a.port, "protocol": self.settings.protocol,
+                                                  "receive_maximum": self.settings.receive_maximum,
                                                   "session_present": connection.session_present})
                 await self._wait_disconnect_or_stop(connection, stop)
             except (MqttWireError, TimeoutError) as exc:

@@ -448,6 +448,17 @@ class MqttConnection:
         if data:
             self.protocol.write(data)
 
+    def pause_reading(self) -> None:
+        """Stop reading the socket: TCP flow control then holds the broker back."""
+        t = self.protocol.transport
+        if t is not None and t.is_reading():
+            t.pause_reading()
+
+    def resume_reading(self) -> None:
+        t = self.protocol.transport
+        if t is not None and not t.is_closing() and not t.is_reading():
+            t.resume_reading()
+
     async def settle(self, timeout_s: float = 5.0) -> None:
         """Return once the broker has processed everything sent so far (our acks above all).
 

@@ -86,3 +86,29 @@ async def test_source_reconnects_after_a_broker_restart(ward: str) -> None:
         stop.set()
         await task
     assert len(got) == 10
+
+
+async def test_reading_pauses_when_too_much_is_waiting_and_resumes_when_taken(ward: str) -> None:
+    with MosquittoBroker() as broker:
+        settings = MqttSettings(url=broker.url, ward=ward, client_id=f"test-{ward}", max_buffered=100)
+        source = MqttSource(settings, Metrics())
+        stop = asyncio.Event()
+        task = asyncio.create_task(source.run(stop))
+        while not source.connected:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(publish, messages(ward, 1000), broker.url, qos=1)
+        await asyncio.sleep(0.5)
+        held = len(source)  # nobody takes: the source stops reading at its bound
+        got: list[RawMessage] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 1000 and time.monotonic() < deadline:
+            batch = source.take(10_000)
+            got += batch
+            source.ack([m.ack for m in batch])
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+    assert 100 <= held < 1000
+    assert source.metrics.get("monitorme_mqtt_read_pauses_total") >= 1
+    assert len(got) == 1000 and len({m.payload for m in got}) == 1000  # all of them, once, after resuming
