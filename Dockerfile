@@ -1,5 +1,14 @@
-# One ward's MonitorMe daemon: slim, non-root, configured by MONITORME_* env vars.
-FROM python:3.11-slim AS build
+# One ward's MonitorMe daemon: slim, non-root, configured by a ward TOML plus MONITORME_* env vars.
+#   docker build -t monitorme .
+#   docker run -v ./ward.toml:/etc/monitorme/ward.toml:ro -v monitorme-w3:/var/lib/monitorme \
+#              -e MONITORME_DATABASE_URL=... -e MONITORME_MQTT_URL=... -p 8080:8080 monitorme
+# Stop with a grace period above the daemon's 20 s shutdown deadline: `docker stop -t 45`.
+# Needs BuildKit (the default builder since Docker 23) for RUN --mount.
+# docs/operations.md has the rest (Kubernetes and systemd examples under deploy/).
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- build: the monitorme wheel and the wheels of its dependencies (all binary on PyPI) ---
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY monitorme ./monitorme
@@ -8,16 +17,31 @@ COPY rules ./rules
 COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.11-slim
-RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin monitorme
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER monitorme
+# --- run: the installed wheels only; no compiler, no build backend, no pip, no source tree ---
+FROM ${PYTHON_IMAGE}
+RUN groupadd --system --gid 10001 monitorme \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin monitorme \
+ && mkdir -p /etc/monitorme /var/lib/monitorme \
+ && chown 10001:10001 /var/lib/monitorme && chmod 0700 /var/lib/monitorme
+# The wheels are bind-mounted from the build stage, so no layer of this image keeps them.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels monitorme \
+ && pip uninstall --no-cache-dir -y -q setuptools wheel pip
+# Numeric user, so Kubernetes' runAsNonRoot can verify it without looking up a name.
+USER 10001:10001
+# STATE_DIRECTORY is where the spool goes ($STATE_DIRECTORY/spool/{ward}; MONITORME_SPOOL_DIR wins).
+# It holds acknowledged readings while PostgreSQL is away: keep it on a volume that outlives the container.
 ENV MONITORME_HTTP=0.0.0.0:8080 \
     MONITORME_LOG_FORMAT=json \
-    PYTHONUNBUFFERED=1
+    STATE_DIRECTORY=/var/lib/monitorme \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+VOLUME ["/var/lib/monitorme"]
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s \
-  CMD ["python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+# Healthy when /healthz answers 200, unhealthy when the port accepts but does not answer in time or
+# answers an error. Nothing listening counts as healthy: a hot standby (a second daemon of the same
+# ward) waits for the ward's lock before it opens its HTTP port, and so does a daemon still starting.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import os,socket,sys,urllib.request as u; p=int(os.environ.get('MONITORME_HTTP','0.0.0.0:8080').rsplit(':',1)[1]); s=socket.socket(); s.settimeout(2); r=s.connect_ex(('127.0.0.1',p)); s.close(); sys.exit(0) if r else u.urlopen(f'http://127.0.0.1:{p}/healthz',timeout=3)"]
 ENTRYPOINT ["monitorme"]
-CMD ["run"]
+CMD ["run", "--config", "/etc/monitorme/ward.toml"]
