@@ -411,24 +411,25 @@ class Analyzer:
         ``_evaluate`` would, one reading after the other: where the first would breach (the quiet
         prefix ends there), and the memo updates (``features._baseline_median``) of each reading
         before it."""
-        memo = series.memo
-        seen: dict[tuple[str, int], tuple[int, float]] = {}  # memo entries written so far in this scan
+        memo = series.memo  # read only: the caller applies the updates of the quiet prefix
         updates: list[tuple[int, dict[tuple[str, int], tuple[int, float]]]] = []
         first = sts_l[a]
         for j in range(a, b):
             at = sts_l[j]
             last = sv_l[j]
-            changed: dict[tuple[str, int], tuple[int, float]] = {}
+            changed: dict[tuple[str, int], tuple[int, float]] | None = None
             for key, w_ms, every, delta, enabled, compare, threshold in checks:
-                cached = changed.get(key) or seen.get(key) or memo.get(key)
+                cached = memo.get(key) if changed is None or key not in changed else changed[key]
                 if cached is not None and 0 <= at - cached[0] < every:
                     base = cached[1]
                 else:
-                    old = series.window(at, w_ms)[1]
+                    old = series.since(at - w_ms)
                     new = sv[a : j + 1]
                     if first <= at - w_ms:
                         new = new[np.asarray(sts_l[a : j + 1]) > at - w_ms]
                     base = median(np.concatenate((old, new)) if len(old) else new)
+                    if changed is None:
+                        changed = {}
                     changed[key] = (at, base)
                 if delta:
                     value = last - base
@@ -436,10 +437,12 @@ class Analyzer:
                     value = (last - base) / base * 100
                 else:
                     continue
-                if enabled and isfinite(value) and compare(value, threshold):
+                if enabled and compare(value, threshold) and isfinite(value):
                     return j, updates
-            if changed:
-                seen.update(changed)
+            if changed is not None:
+                if memo is series.memo:
+                    memo = dict(memo)
+                memo.update(changed)
                 updates.append((j, changed))
         return b, updates
 

@@ -165,6 +165,14 @@ class Series:
         hi = end - start if newest is not None and end_ts >= newest else int(np.searchsorted(ts, end_ts, side="right"))
         return ts[lo:hi], self._values[start + lo : start + hi]
 
+    def since(self, after_ts: int) -> FloatArray:
+        """The values of the readings with ``ts > after_ts``: ``window(end, end - after_ts)[1]`` for any
+        ``end`` at or after the newest reading."""
+        start, end = self._start, self._end
+        if after_ts < self._oldest:
+            return self._values[start:end]
+        return self._values[start + int(np.searchsorted(self._ts[start:end], after_ts, side="right")) : end]
+
     def upto(self, end_ts: int) -> tuple[IntArray, FloatArray]:
         """All retained readings with ``ts <= end_ts``."""
         ts = self._ts[self._start : self._end]
