@@ -7,7 +7,8 @@ import logging
 import signal
 import socket
 import time
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -343,6 +344,35 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@asynccontextmanager
+async def standby_endpoint(settings: Settings) -> AsyncIterator[None]:
+    """While waiting for the ward: /healthz says alive (standby), /readyz 503, nothing else is served.
+
+    So probes and supervisors see a healthy standby that must not get traffic, and the port is
+    handed to the full server the moment this daemon takes over.
+    """
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "role": "standby"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        return web.json_response({"ready": False, "standby": True}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = settings.http_host_port
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:  # the port is taken: wait without it rather than not at all
+        log.warning("standby_endpoint_unavailable", extra={"error": repr(exc)})
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
 async def run_forever(settings: Settings, *, insecure_no_auth: bool = False) -> None:
     """``monitorme run``: until SIGTERM/SIGINT, then a graceful shutdown."""
     stop = asyncio.Event()
@@ -350,7 +380,9 @@ async def run_forever(settings: Settings, *, insecure_no_auth: bool = False) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     lease = WardLease(settings.database_url, settings.ward)
-    if not await lease.acquire(stop):  # a hot standby waits here while another daemon has the ward
+    async with standby_endpoint(settings):  # a hot standby waits here while another daemon has the ward
+        acquired = await lease.acquire(stop)
+    if not acquired:
         return
     try:
         async with Daemon(settings, insecure_no_auth=insecure_no_auth) as daemon:

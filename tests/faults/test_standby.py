@@ -8,8 +8,11 @@ consuming) within 5 s, and every reading the broker acknowledged must be stored 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,16 @@ from monitorme.sim.model import generate_ward
 from monitorme.sim.publisher import PublishStats, publish
 from tests.faults.daemon_process import DaemonProcess
 from tests.faults.test_crash import stored
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        return e.code, json.loads(body) if body.startswith(b"{") else {}
+
 
 pytestmark = [
     pytest.mark.integration,
@@ -38,10 +51,14 @@ async def test_standby_takes_over_within_5_s_and_nothing_is_lost(tmp_path: Path,
 
         active = daemon()
         active.wait_event("mqtt_connected")
-        standby = daemon()
+        standby_port = free_port()
+        standby = DaemonProcess({"MONITORME_MQTT_URL": broker.url, "MONITORME_DATABASE_URL": pg_dsn,
+                                 "MONITORME_WARD": ward, "MONITORME_HTTP": f"127.0.0.1:{standby_port}",
+                                 "MONITORME_SPOOL_DIR": str(tmp_path / "spool")})
         standby.wait_event("standby_waiting")
         await asyncio.sleep(1.5)
         assert not [r for r in standby.records if r.get("event") == "mqtt_connected"]  # it only waits
+        waiting = (get(standby_port, "/healthz"), get(standby_port, "/readyz"), get(standby_port, "/api/patients"))
 
         result: list[PublishStats] = []
         load = threading.Thread(target=lambda: result.append(publish(messages, broker.url, qos=1, speed=4.0)))
@@ -53,6 +70,7 @@ async def test_standby_takes_over_within_5_s_and_nothing_is_lost(tmp_path: Path,
         takeover_s = time.monotonic() - killed
         print(f"standby took over {takeover_s:.2f} s after kill -9")
         load.join(30)
+        taken_over = get(standby_port, "/readyz")
         deadline = time.monotonic() + 30
         total, distinct, _ = await stored(pg_dsn, ward)
         while total < len(messages) and time.monotonic() < deadline:
@@ -62,6 +80,10 @@ async def test_standby_takes_over_within_5_s_and_nothing_is_lost(tmp_path: Path,
         total, distinct, _ = await stored(pg_dsn, ward)
         assert standby.stop() == 0
     (stats,) = result
+    assert waiting[0] == (200, {"status": "ok", "role": "standby"})  # alive, for probes and supervisors
+    assert waiting[1][0] == 503 and waiting[1][1]["standby"] is True  # but not to be sent traffic
+    assert waiting[2][0] == 404  # and it serves nothing else
+    assert taken_over[0] == 200
     assert stats.acked == len(messages)
     assert takeover_s <= 5.0, f"the standby took {takeover_s:.1f} s to take over"
     assert [r["event"] for r in standby.records if r.get("event") in ("standby_waiting", "lease_acquired")] == [
