@@ -38,9 +38,9 @@ ENV MONITORME_HTTP=0.0.0.0:8080 \
     PYTHONDONTWRITEBYTECODE=1
 VOLUME ["/var/lib/monitorme"]
 EXPOSE 8080
-# Healthy when /healthz answers 200, unhealthy when the port accepts but does not answer in time or
-# answers an error. Nothing listening counts as healthy: a hot standby (a second daemon of the same
-# ward) waits for the ward's lock before it opens its HTTP port, and so does a daemon still starting.
+# Healthy when /healthz answers 200 (the active daemon, or a hot standby waiting for the ward's lock),
+# unhealthy when the port accepts but does not answer in time or answers an error. Nothing listening
+# counts as healthy: a daemon still starting (migrations, restoring alerts) has not opened it yet.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os,socket,sys,urllib.request as u; p=int(os.environ.get('MONITORME_HTTP','0.0.0.0:8080').rsplit(':',1)[1]); s=socket.socket(); s.settimeout(2); r=s.connect_ex(('127.0.0.1',p)); s.close(); sys.exit(0) if r else u.urlopen(f'http://127.0.0.1:{p}/healthz',timeout=3)"]
 ENTRYPOINT ["monitorme"]

@@ -346,7 +346,7 @@ def _now_ms() -> int:
 
 @asynccontextmanager
 async def standby_endpoint(settings: Settings) -> AsyncIterator[None]:
-    """While waiting for the ward: /healthz says alive (standby), /readyz 503, nothing else is served.
+    """While waiting for the ward: /healthz says alive (standby), /readyz and /servingz 503, nothing else.
 
     So probes and supervisors see a healthy standby that must not get traffic, and the port is
     handed to the full server the moment this daemon takes over.
@@ -360,6 +360,7 @@ async def standby_endpoint(settings: Settings) -> AsyncIterator[None]:
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/servingz", readyz)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = settings.http_host_port

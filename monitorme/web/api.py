@@ -121,6 +121,11 @@ async def healthz(_request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+async def servingz(_request: web.Request) -> web.Response:
+    """200: this daemon holds its ward and serves it (a waiting standby answers 503). For load balancers."""
+    return json_response({"serving": True})
+
+
 async def readyz(request: web.Request) -> web.Response:
     parts = request.app[READY]()
     return json_response({"ready": all(parts.values()), **parts}, status=200 if all(parts.values()) else 503)
@@ -297,6 +302,7 @@ async def ward_alert_socket(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/servingz", servingz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/api/patients", list_patients)

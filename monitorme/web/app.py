@@ -16,7 +16,7 @@ from monitorme.metrics import Metrics
 from monitorme.web import api
 from monitorme.web.auth import NO_AUTH, Role, TokenBook
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/servingz", "/metrics", "/api/openapi.json"})
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

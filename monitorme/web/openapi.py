@@ -59,6 +59,9 @@ def _document(vital: dict[str, Any]) -> dict[str, Any]:
             "/readyz": {"get": {"security": [], "responses": {
                 "200": _json({"type": "object", "required": ["ready"]}, "broker and database connected"),
                 "503": _json({"type": "object", "required": ["ready"]}, "not ready")}}},
+            "/servingz": {"get": {"security": [], "responses": {
+                "200": _json({"type": "object"}, "this daemon serves its ward"),
+                "503": _json({"type": "object"}, "a waiting hot standby")}}},
             "/api/patients": {"get": {"responses": {
                 "200": _json({"type": "object", "required": ["patients"],
                               "properties": {"patients": {"type": "array", "items": {"type": "object"}}}}),

@@ -58,7 +58,8 @@ async def test_standby_takes_over_within_5_s_and_nothing_is_lost(tmp_path: Path,
         standby.wait_event("standby_waiting")
         await asyncio.sleep(1.5)
         assert not [r for r in standby.records if r.get("event") == "mqtt_connected"]  # it only waits
-        waiting = (get(standby_port, "/healthz"), get(standby_port, "/readyz"), get(standby_port, "/api/patients"))
+        waiting = (get(standby_port, "/healthz"), get(standby_port, "/readyz"), get(standby_port, "/api/patients"),
+                   get(standby_port, "/servingz"))
 
         result: list[PublishStats] = []
         load = threading.Thread(target=lambda: result.append(publish(messages, broker.url, qos=1, speed=4.0)))
@@ -70,7 +71,7 @@ async def test_standby_takes_over_within_5_s_and_nothing_is_lost(tmp_path: Path,
         takeover_s = time.monotonic() - killed
         print(f"standby took over {takeover_s:.2f} s after kill -9")
         load.join(30)
-        taken_over = get(standby_port, "/readyz")
+        taken_over = get(standby_port, "/servingz")
         deadline = time.monotonic() + 30
         total, distinct, _ = await stored(pg_dsn, ward)
         while total < len(messages) and time.monotonic() < deadline:
@@ -83,6 +84,7 @@ async def test_standby_takes_over_within_5_s_and_nothing_is_lost(tmp_path: Path,
     assert waiting[0] == (200, {"status": "ok", "role": "standby"})  # alive, for probes and supervisors
     assert waiting[1][0] == 503 and waiting[1][1]["standby"] is True  # but not to be sent traffic
     assert waiting[2][0] == 404  # and it serves nothing else
+    assert waiting[3][0] == 503  # what a load balancer asks: not this one
     assert taken_over[0] == 200
     assert stats.acked == len(messages)
     assert takeover_s <= 5.0, f"the standby took {takeover_s:.1f} s to take over"

@@ -95,7 +95,7 @@ async def test_access_matrix(tmp_path: Path, ward: str, tuned_mqtt_url: str, pg_
                         got = r.status
                 if got != want:
                     failures.append(f"{method} {path} as {role}: {got}, expected {want}")
-        for public in ("/healthz", "/readyz", "/metrics", "/api/openapi.json"):
+        for public in ("/healthz", "/readyz", "/servingz", "/metrics", "/api/openapi.json"):
             async with http.get(f"{url}{public}") as r:
                 if r.status != 200:
                     failures.append(f"GET {public} without a token: {r.status}")

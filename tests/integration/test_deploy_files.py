@@ -298,7 +298,7 @@ def test_kubernetes_example_fits_the_image_and_the_daemon(monkeypatch: pytest.Mo
     # probes: nothing HTTP that would kill a standby; readiness routes to the active daemon only
     assert "startupProbe" not in c
     assert set(c["livenessProbe"]) >= {"exec"} and "httpGet" not in c["livenessProbe"]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/servingz"
     from monitorme.runtime.app import _SHUTDOWN_DEADLINE_S
 
     assert pod["terminationGracePeriodSeconds"] > _SHUTDOWN_DEADLINE_S + 10
