@@ -12,11 +12,12 @@ MonitorMe's full default rule set (with NEWS2 and the ECG detector) is timed as 
 Batching, kept fair: every implementation gets the same time-ordered readings. MonitorMe gets them in
 batches of ``BATCH`` (10,000) readings, its ``Analyzer.on_readings`` calls, so that large batches take
 the batch pass (quiet readings appended as arrays); bytewax's ``TestingSource`` hands its dataflow
-batches of the same ``BATCH``; the naive loop has no batches to take. The MonitorMe per-reading row
-runs the same batches with the batch pass switched off (``analysis.BATCH_MIN``), which is what small
-live batches get. Every rate includes the first batch, when all patients are new. The rows run
-round-robin ``--runs`` times (each on fresh state) and report their median, so that a busy spell of
-the machine weighs on all of them alike.
+batches of the same ``BATCH``, and, in a row of its own, of 1,000 (it runs faster so: the ratio to
+bytewax is taken against the faster of its two rows); the naive loop has no batches to take. The
+MonitorMe per-reading row runs the same batches with the batch pass switched off
+(``analysis.BATCH_MIN``), which is what small live batches get. Every rate includes the first batch,
+when all patients are new. The rows run round-robin ``--runs`` times (each on fresh state) and report
+their median, so that a busy spell of the machine weighs on all of them alike.
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                batch=args.batch),
         "naive_python_loop": lambda: naive(data),
         "bytewax_dataflow": lambda: bytewax_run(data, args.batch),
+        "bytewax_dataflow_batch_1000": lambda: bytewax_run(data, 1000),
         "monitorme_core_all_rules": lambda: monitorme(data, full, batch=args.batch),
     }
     times: dict[str, list[float]] = {}
@@ -206,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 times.setdefault(name, []).append(got[0])
                 alerts[name] = got[1]
     ours = alerts["monitorme_core_subset"]
-    for name in ("monitorme_core_subset_per_reading", "naive_python_loop", "bytewax_dataflow"):
+    for name in ("monitorme_core_subset_per_reading", "naive_python_loop", "bytewax_dataflow",
+                 "bytewax_dataflow_batch_1000"):
         if name in alerts:
             assert alerts[name] == ours, f"{name} disagrees: {sorted(alerts[name] ^ ours)[:5]}"
     rows: dict[str, dict[str, Any]] = {}
@@ -219,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
               "ratios": {k: round(v["readings_per_s"] / rows["naive_python_loop"]["readings_per_s"], 3)
                          for k, v in rows.items()},
               "load_readings_per_s": 1610, "batch": args.batch, "runs": args.runs}
-    if "bytewax_dataflow" in rows:
-        report["core_vs_bytewax"] = round(rows["monitorme_core_subset"]["readings_per_s"]
-                                          / rows["bytewax_dataflow"]["readings_per_s"], 2)
+    if "bytewax_dataflow" in rows:  # against bytewax's faster batch size of the two
+        fastest = max(rows["bytewax_dataflow"]["readings_per_s"], rows["bytewax_dataflow_batch_1000"]["readings_per_s"])
+        report["core_vs_bytewax"] = round(rows["monitorme_core_subset"]["readings_per_s"] / fastest, 2)
     print(f"{n} scalar readings (HR, SpO2, RR) in batches of {args.batch:,}, {len(ours)} alerts in the subset, "
           f"all implementations agree; medians of {args.runs} runs")
     print(f"{'implementation':<34} {'readings/s':>12} {'x naive':>8} {'x load':>8}")
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = row["readings_per_s"]
         print(f"{name:<34} {rate:>12,.0f} {report['ratios'][name]:>8.2f} {rate / 1610:>8.0f}")
     if "core_vs_bytewax" in report:
-        print(f"MonitorMe core (same 5 rules) / bytewax dataflow: {report['core_vs_bytewax']:.1f}x")
+        print(f"MonitorMe core (same 5 rules) / the faster bytewax row: {report['core_vs_bytewax']:.1f}x")
     if args.json:
         with open(args.json, "wb") as f:
             f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
