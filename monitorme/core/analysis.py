@@ -41,6 +41,8 @@ _BP_MAX_AGE_MS = 2 * 3_600_000
 _TEMP_MAX_AGE_MS = 30 * 60_000
 _ECG_BATCH_MIN = 16  # readings in a batch before its ECG chunks are analysed together
 BATCH_MIN = 256  # readings in a batch before the quiet ones are appended as arrays (``_batch_pass``)
+_BATCH_USEFUL = 0.75  # at most this share of a batch left one by one, else the batch pass rests for
+_BATCH_REST = 8  # batches (both paths give the very same results: this is only about speed)
 _CONTINUOUS = ("heart_rate", "respiration", "spo2")
 _BASELINE_OPS = ("delta_from_median", "pct_from_median")  # trend operators the batch pass can follow
 EVICT_AFTER_MS = 6 * 3_600_000  # a patient silent this long with nothing open has left: free the state
@@ -144,6 +146,7 @@ class Analyzer:
         self.lateness_ms = lateness_ms
         self.patients: dict[str, PatientState] = {}
         self._alert_index: dict[str, tuple[str, str]] = {}  # alert id -> (patient, rule)
+        self._batch_rest = 0  # large batches left before the batch pass is tried again
         # (patient, vital) -> what the batch pass found for it last: patient, series, (guard, key), checks;
         # valid while the patient and the guard are the very same objects
         self._groups: dict[tuple[str, str], tuple[PatientState, Series, tuple[tuple[
@@ -208,7 +211,14 @@ class Analyzer:
     def on_readings(self, readings: Iterable[Reading], wall_ms: int, out: AnalysisOutputs) -> None:
         batch = readings if isinstance(readings, list) else list(readings)
         ecg = self._ecg_prepass(batch) if len(batch) >= _ECG_BATCH_MIN else {}
-        slow = self._batch_pass(batch, wall_ms) if len(batch) >= BATCH_MIN else range(len(batch))
+        slow: list[int] | range = range(len(batch))
+        if len(batch) >= BATCH_MIN:
+            if self._batch_rest > 0:
+                self._batch_rest -= 1
+            else:
+                slow = self._batch_pass(batch, wall_ms)
+                if len(slow) > len(batch) * _BATCH_USEFUL:  # e.g. NEWS2 scores send most readings one by one:
+                    self._batch_rest = _BATCH_REST  # the pass costs more than it saves; try again later
         for i in slow:
             reading = batch[i]
             try:

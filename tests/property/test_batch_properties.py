@@ -160,13 +160,14 @@ def test_extend_equals_add_one_by_one(steps: list[int], split: int, horizon: int
 
 @contextmanager
 def _batch_min(n: int) -> Iterator[None]:
-    """Force (``n`` = 1) or forbid (huge ``n``) ``Analyzer._batch_pass`` for any batch size."""
-    before = analysis.BATCH_MIN
-    analysis.BATCH_MIN = n
+    """Force (``n`` = 1) or forbid (huge ``n``) ``Analyzer._batch_pass`` for any batch size; never
+    resting after a batch it found little to take from."""
+    before = analysis.BATCH_MIN, analysis._BATCH_REST
+    analysis.BATCH_MIN, analysis._BATCH_REST = n, 0
     try:
         yield
     finally:
-        analysis.BATCH_MIN = before
+        analysis.BATCH_MIN, analysis._BATCH_REST = before
 
 
 _NORMAL = {"heart_rate": (60.0, 100.0), "spo2": (94.0, 99.0), "respiration": (12.0, 20.0),
