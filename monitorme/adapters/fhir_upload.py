@@ -42,8 +42,8 @@ class SnapshotUploader:
             while True:
                 try:
                     delay = await self._pass(http)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("snapshot_outbox_unavailable", extra={"error": repr(exc)})
+                except Exception as exc:  # the outbox waits in PostgreSQL; never take the daemon down
+                    log.warning("snapshot_outbox_unavailable", extra={"error": repr(exc)[:300]})
                     delay = 5.0
                 self.wake.clear()
                 try:

@@ -274,7 +274,9 @@ class Daemon:
                 async with asyncio.timeout(2):
                     await self.pool.fetchval("SELECT 1")
                 self._db_answers = True
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception as exc:  # a probe: any failure means "not answering", never a crash
+                if self._db_answers:
+                    log.warning("database_not_answering", extra={"error": repr(exc)[:300]})
                 self._db_answers = False
             await asyncio.sleep(2)
 
@@ -336,8 +338,8 @@ class Daemon:
                 async with self.pool.acquire(timeout=10) as conn:
                     await partitions.upkeep(conn, _now_ms(), s.database_retention_hours * _HOUR_S * 1000,
                                             s.database_partitions_ahead_hours)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("retention_failed", extra={"error": repr(exc)})
+            except Exception as exc:  # upkeep must never take the daemon (and its alerts) down with it
+                log.warning("retention_failed", extra={"error": repr(exc)[:300]})
 
 
 def _now_ms() -> int:

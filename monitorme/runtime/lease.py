@@ -50,8 +50,8 @@ class WardLease:
                 self._conn.add_termination_listener(lambda _c: self._broken.set())
             async with asyncio.timeout(5):
                 got = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
-        except _ERRORS as exc:
-            log.warning("lease_database_error", extra={"error": repr(exc)})
+        except Exception as exc:  # whatever the database did, the answer is "unknown"
+            log.warning("lease_database_error", extra={"error": repr(exc)[:300]})
             await self._close()
             return None
         if got:

@@ -105,6 +105,7 @@ async def test_sixty_seconds_without_postgresql(tmp_path: Path, ward: str) -> No
                 await asyncio.to_thread(pg.stop)  # the outage
                 outage_started = time.monotonic()
                 await asyncio.sleep(3)
+                assert daemon.proc.poll() is None, "daemon died in the outage:\n" + "\n".join(daemon.tail)
                 during = readyz(port)
                 sent_at = time.time()
                 ts = int(sent_at * 1000)
