@@ -382,13 +382,15 @@ async def run_forever(settings: Settings, *, insecure_no_auth: bool = False) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    daemon = Daemon(settings, insecure_no_auth=insecure_no_auth)  # bad rules, pipelines or tokens: exit 2 now
+    await check_reachable(settings)  # so does a broker or database that is not there at all
     lease = WardLease(settings.database_url, settings.ward)
     async with standby_endpoint(settings):  # a hot standby waits here while another daemon has the ward
         acquired = await lease.acquire(stop)
     if not acquired:
         return
     try:
-        async with Daemon(settings, insecure_no_auth=insecure_no_auth) as daemon:
+        async with daemon:
             loop.add_signal_handler(signal.SIGHUP, daemon.reload_rules)
             keeper = asyncio.ensure_future(lease.keep(stop))
             lost = asyncio.ensure_future(lease.lost.wait())
