@@ -65,7 +65,7 @@ def test_dedup_memory_is_bounded_per_key() -> None:
     engine = Engine(EngineConfig("w1"), REG)
     engine.handle([msg("p1", "heart_rate", {"ts": NOW - i, "value": 70}) for i in range(1000)], NOW)
     keys = engine._recent[("p1", "heart_rate")]
-    assert len(keys.seen) == len(keys.order) <= 256
+    assert len(keys.seen) == len(keys.order) <= 128
 
 
 def test_evict_forgets_a_patient() -> None:
