@@ -193,9 +193,10 @@ def render(r: dict[str, Any], plot_dir: str = "plots") -> str:
         lines.append(f"failed: {core['error']}")
     elif core:
         lines += ["| implementation | readings/s |", "|---|---|"]
-        for key, label in (("monitorme_core_subset", "MonitorMe core, comparison subset"),
+        for key, label in (("monitorme_core_subset", "MonitorMe core, comparison subset, batches of 10,000"),
+                           ("monitorme_core_per_reading_path", "MonitorMe core, same, per-reading path"),
                            ("naive_python_loop", "naive per-reading Python loop"),
-                           ("bytewax_dataflow", "bytewax 0.21 dataflow"),
+                           ("bytewax_dataflow", f"bytewax 0.21 dataflow, input batches of {core.get('bytewax_batch')}"),
                            ("monitorme_core_all_rules", "MonitorMe core, every shipped rule + NEWS2")):
             if key in core:
                 lines.append(f"| {label} | {_fmt(core[key])} |")
