@@ -233,7 +233,7 @@ class Daemon:
             latest = {v: {"ts": ts, "value": reading_value(value)} for v, (ts, value) in ps.latest.items()}
             patients.append({"patient": ps.patient, "latest": latest,
                              "alerts": [a.as_json() for a in ps.open_alerts.values()], **ps.status()})
-        return {"type": "hello", "station": station, "patients": patients}
+        return {"type": "hello", "station": station, "patients": patients, "feed": self.readiness()}
 
     async def serve_station(self, request: web.Request, station: str, who: Principal) -> web.StreamResponse:
         def on_ack(alert_id: str) -> None:
@@ -325,10 +325,23 @@ class Daemon:
         log.info("shutdown_done", extra={"stored": int(self.metrics.total("monitorme_stored_total"))})
 
     async def _ticker(self) -> None:
-        """Once a second: wall-clock rules (no data), escalation and reminders."""
+        """Once a second: wall-clock rules (no data), escalation and reminders; the feed's state to screens."""
+        told = self.readiness()
         while True:
             await asyncio.sleep(1.0)
             self.dispatch(self.engine.tick(_now_ms()), [])
+            now = self.readiness()
+            if now != told:  # screens say so plainly when the broker (the readings) or the database is away
+                told = now
+                self.hub.status(self.feed_status())
+                if all(now.values()):
+                    log.info("feed_status", extra=now)
+                else:
+                    log.warning("feed_status", extra=now)
+
+    def feed_status(self) -> dict[str, Any]:
+        """What a screen shows about the feed: readings arrive (broker), history is kept (database)."""
+        return {**self.readiness(), "since": _now_ms()}
 
     async def _retention(self) -> None:
         s = self.settings

@@ -87,6 +87,17 @@ class StationHub:
             self._frame(self.station_of(s.patient), {"type": "score", "patient": s.patient, "ts": s.ts,
                                                      "news2": score})
 
+    def status(self, frame: dict[str, Any]) -> None:
+        """Tell every screen the feed's state (broker and database), e.g. that readings stopped coming."""
+        text = dumps({"type": "status", **frame})
+        for watchers in self.clients.values():
+            for client in list(watchers):
+                if len(client.frames) >= self.max_pending_alerts:
+                    self._drop(client, "too_slow")
+                    continue
+                client.frames.append(text)
+                client.wake.set()
+
     def _frame(self, station: str | None, frame: dict[str, Any]) -> None:
         text = dumps(frame)
         watchers = list(self.clients.get(station, ())) if station is not None else []

@@ -170,6 +170,15 @@ function connection(ok, text) {
   c.textContent = text;
 }
 
+function feed(f) {  // the daemon's own view: readings arriving (broker) and being kept (database)
+  const b = document.getElementById("feed-banner");
+  const problems = [];
+  if (f.broker === false) problems.push("NO NEW READINGS: the monitoring feed (MQTT broker) is interrupted – values shown may be old");
+  if (f.database === false) problems.push("History is not being saved right now (database unavailable); live values and alerts continue");
+  b.hidden = problems.length === 0;
+  b.textContent = problems.join(" · ");
+}
+
 function connect() {
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/stations/${encodeURIComponent(station)}?token=${encodeURIComponent(token)}`;
   socket = new WebSocket(url);
@@ -177,6 +186,7 @@ function connect() {
   socket.onmessage = (ev) => {
     const f = JSON.parse(ev.data);
     if (f.type === "hello") {
+      if (f.feed) feed(f.feed);
       patients.clear();
       for (const p of f.patients) {
         const st = patient(p.patient);
@@ -190,6 +200,8 @@ function connect() {
       return onAlert(f.alert);
     } else if (f.type === "score") {
       patient(f.patient).news2 = f.news2;
+    } else if (f.type === "status") {
+      return feed(f);
     }
     render();
   };
