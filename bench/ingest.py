@@ -238,53 +238,75 @@ async def aiomqtt_drain(url: str, ward: str, messages: Sequence[SimMessage], *, 
 
 
 # -- 1b. our own wire protocol, bare --------------------------------------------------------------------
-async def wire_drain(url: str, ward: str, messages: Sequence[SimMessage], *, collected: Collected) -> Drain:
-    """``monitorme.adapters.mqtt_wire`` alone: count and acknowledge (once per read) what arrives."""
+async def wire_sessions(url: str, wards: Sequence[str], receive_maximum: int = RECEIVE_MAXIMUM) -> None:
+    """One persistent session per ward (client id ``bench-wire-{ward}``), subscribed, then left."""
     from monitorme.adapters.mqtt_wire import ConnectOptions, MqttConnection
 
     broker = parse_url(url)
-    options = ConnectOptions(f"bench-wire-{secrets.token_hex(3)}", session_expiry_s=SESSION_EXPIRY_S,
-                             receive_maximum=RECEIVE_MAXIMUM)
-    connection = await MqttConnection.open(broker.host, broker.port, options, lambda *_: None)
-    await connection.subscribe(f"monitorme/{ward}/#", 1)
-    await connection.close()
-    await asyncio.to_thread(_publish_all, messages, url, collected)
-    total = len(messages)
+    for ward in wards:
+        options = ConnectOptions(f"bench-wire-{ward}", session_expiry_s=SESSION_EXPIRY_S,
+                                 receive_maximum=receive_maximum)
+        connection = await MqttConnection.open(broker.host, broker.port, options, lambda *_: None)
+        await connection.subscribe(f"monitorme/{ward}/#", 1)
+        await connection.close()
+
+
+async def wire_reconnect_drain(url: str, wards: Sequence[str], total: int,
+                               receive_maximum: int = RECEIVE_MAXIMUM) -> Drain:
+    """Reconnect every ward's session at once; time until ``total`` messages arrived (acknowledged
+    once per socket read, on receipt), then end the sessions."""
+    from monitorme.adapters.mqtt_wire import ConnectOptions, MqttConnection
+
+    broker = parse_url(url)
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    mids: list[int] = []
+    done: asyncio.Future[float] = loop.create_future()
     received = 0
-    holder: list[MqttConnection] = []
+    conns: list[MqttConnection] = []
 
-    def flush() -> None:
-        if holder:
-            holder[0].ack(mids)
-        mids.clear()
+    def counter(i: int) -> Callable[[str, bytes, int, int, int], None]:
+        mids: list[int] = []
 
-    def on_publish(_topic: str, _payload: bytes, _qos: int, mid: int, _at: int) -> None:
-        nonlocal received
-        received += 1
-        if not mids:
-            loop.call_soon(flush)
-        mids.append(mid)
-        if received == total and not done.done():
-            done.set_result(time.perf_counter())
+        def flush() -> None:
+            conns[i].ack(mids)
+            mids.clear()
+
+        def on_publish(_topic: str, _payload: bytes, _qos: int, mid: int, _at: int) -> None:
+            nonlocal received
+            received += 1
+            if not mids:
+                loop.call_soon(flush)
+            mids.append(mid)
+            if received == total and not done.done():
+                done.set_result(time.perf_counter())
+
+        return on_publish
+
+    def options(ward: str, *, clean: bool = False) -> ConnectOptions:
+        return ConnectOptions(f"bench-wire-{ward}", clean_start=clean,
+                              session_expiry_s=0 if clean else SESSION_EXPIRY_S, receive_maximum=receive_maximum)
 
     started = time.perf_counter()
-    connection = await MqttConnection.open(broker.host, broker.port, options, on_publish)
-    holder.append(connection)
     try:
+        for i, ward in enumerate(wards):
+            conns.append(await MqttConnection.open(broker.host, broker.port, options(ward), counter(i)))
         async with asyncio.timeout(_drain_timeout(total)):
             ended = await done
     except TimeoutError:
         raise BenchError(f"wire drain: {received} of {total} messages arrived in time") from None
     finally:
-        flush()
-        await connection.close()
-        clean = await MqttConnection.open(broker.host, broker.port, replace(options, clean_start=True,
-                                                                            session_expiry_s=0), lambda *_: None)
-        await clean.close()
+        for c in conns:
+            await c.close()
+        for ward in wards:  # a clean connect ends the session, so later backlogs are not queued for it
+            clean = await MqttConnection.open(broker.host, broker.port, options(ward, clean=True), lambda *_: None)
+            await clean.close()
     return Drain(total, ended - started)
+
+
+async def wire_drain(url: str, ward: str, messages: Sequence[SimMessage], *, collected: Collected) -> Drain:
+    """``monitorme.adapters.mqtt_wire`` alone: count and acknowledge (once per read) what arrives."""
+    await wire_sessions(url, [ward])
+    await asyncio.to_thread(_publish_all, messages, url, collected)
+    return await wire_reconnect_drain(url, [ward], len(messages))
 
 
 # -- 2. bare paho --------------------------------------------------------------------------------------

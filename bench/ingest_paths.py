@@ -27,7 +27,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,67 +36,21 @@ import paho.mqtt.client as mqtt
 import uvloop
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench import ingest
 from bench.ingest import BASE_WARD, Collected, _for_ward, _publish_all
-from monitorme.adapters.mqtt_wire import ConnectOptions, MqttConnection
 from monitorme.demo.services import MosquittoBroker
 from monitorme.sim.model import SimMessage, generate_ward
 from monitorme.sim.publisher import parse_url
 
 
-async def _wire(url: str, wards: Sequence[str], total: int, receive_maximum: int) -> float:
-    """Sessions exist already; reconnect every ward's connection and time until ``total`` arrived."""
-    broker = parse_url(url)
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    received = 0
-    conns: list[MqttConnection] = []
-    pending: dict[int, list[int]] = {}
-
-    def make(i: int) -> Callable[[str, bytes, int, int, int], None]:
-        mids = pending.setdefault(i, [])
-
-        def flush() -> None:
-            conns[i].ack(mids)
-            mids.clear()
-
-        def on_publish(_t: str, _p: bytes, _q: int, mid: int, _at: int) -> None:
-            nonlocal received
-            received += 1
-            if not mids:
-                loop.call_soon(flush)
-            mids.append(mid)
-            if received == total and not done.done():
-                done.set_result(time.perf_counter())
-
-        return on_publish
-
-    started = time.perf_counter()
-    for i, ward in enumerate(wards):
-        options = ConnectOptions(f"paths-{ward}", receive_maximum=receive_maximum)
-        conns.append(await MqttConnection.open(broker.host, broker.port, options, make(i)))
-    ended = await asyncio.wait_for(done, 120)
-    for c in conns:
-        await c.close()
-    return total / (ended - started)
-
-
-async def _wire_sessions(url: str, wards: Sequence[str], receive_maximum: int) -> None:
-    broker = parse_url(url)
-    for ward in wards:
-        options = ConnectOptions(f"paths-{ward}", receive_maximum=receive_maximum)
-        c = await MqttConnection.open(broker.host, broker.port, options, lambda *_: None)
-        await c.subscribe(f"monitorme/{ward}/#", 1)
-        await c.close()
-
-
 def wire_drain(url: str, backlog: Sequence[SimMessage], receive_maximum: int, connections: int = 1) -> float:
     tag = secrets.token_hex(2)
     wards = [f"w{tag}{i}" for i in range(connections)]
-    uvloop.run(_wire_sessions(url, wards, receive_maximum))
+    uvloop.run(ingest.wire_sessions(url, wards, receive_maximum))
     share = len(backlog) // connections
     for i, ward in enumerate(wards):
         _publish_all(_for_ward(backlog[i * share:(i + 1) * share], ward), url, Collected())
-    return uvloop.run(_wire(url, wards, share * connections, receive_maximum))
+    return uvloop.run(ingest.wire_reconnect_drain(url, wards, share * connections, receive_maximum)).rate
 
 
 def paho_thread_drain(url: str, backlog: Sequence[SimMessage]) -> float:
