@@ -465,6 +465,10 @@ class _Daemon:
         stream = self.proc.stdout
         if stream is None:
             return
+        with stream:  # closed when the daemon's output ends, not left to the garbage collector
+            self._read_lines(stream)
+
+    def _read_lines(self, stream: Any) -> None:
         for line in stream:
             seen = time.time()
             self.tail.append(line.rstrip())

@@ -213,6 +213,10 @@ class NodeRed:
         stream = self.proc.stdout
         if stream is None:
             return
+        with stream:  # closed when Node-RED's output ends, not left to the garbage collector
+            self._read_lines(stream)
+
+    def _read_lines(self, stream: Any) -> None:
         for line in stream:
             seen = time.perf_counter()
             text = line.rstrip()
