@@ -45,6 +45,7 @@ class Settings:
     ingest_max_payload_bytes: int = 65_536
     ingest_batch_max: int = 5_000
     analysis_lateness_s: int = 60
+    analysis_restore_s: int = 180  # at start, replay this much stored history into windows and rule timers
     alarms_escalate_high_s: int = 60
     alarms_escalate_medium_s: int = 300
     alarms_remind_s: int = 120
@@ -191,6 +192,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("database.flush_ms", "must be 1..100 (readings must be stored within 100 ms)")
     if s.database_batch_rows < 1:
         raise ConfigError("database.batch_rows", "must be positive")
+    if not 0 <= s.analysis_restore_s <= 86_400:
+        raise ConfigError("analysis.restore_s", "must be 0..86400")
     if s.http_auth_failures_per_minute < 1:
         raise ConfigError("http.auth_failures_per_minute", "must be at least 1")
     if s.spool_max_bytes < 1 << 20:

@@ -131,10 +131,11 @@ class PgReader:
         return [orjson.loads(r["doc"]) for r in rows]
 
     async def iter_readings(self, from_ms: int, to_ms: int, patient: str | None = None,
-                            chunk: int = 10_000) -> AsyncIterator[list[Reading]]:
+                            chunk: int = 10_000, *, waveforms: bool = True) -> AsyncIterator[list[Reading]]:
         """Stored readings of the ward in event-time order, in chunks (a server-side cursor)."""
         sql = ("SELECT patient_id, vital, ts, num, doc, wave, device, seq, received_at FROM readings"
                " WHERE ward = $1 AND ts >= $2 AND ts <= $3" + (" AND patient_id = $4" if patient else "")
+               + ("" if waveforms else " AND wave IS NULL")
                + " ORDER BY ts, patient_id, vital, dedup")
         args: list[object] = [self.ward, from_ms, to_ms] + ([patient] if patient else [])
         async with self.pool.acquire() as conn, conn.transaction():

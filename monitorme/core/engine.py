@@ -10,7 +10,7 @@ from monitorme.core.alerts import AlarmPolicy, Alert
 from monitorme.core.analysis import AnalysisOutputs, Analyzer
 from monitorme.core.decode import DecodeLimits, decode_reading
 from monitorme.core.definitions import PipelineRegistry
-from monitorme.core.model import Outputs, PatientId, RawMessage, Rejection
+from monitorme.core.model import Outputs, PatientId, RawMessage, Reading, Rejection
 from monitorme.core.ruleset import RuleSet
 from monitorme.errors import InputError
 
@@ -112,6 +112,27 @@ class Engine:
                 out.admitted.append(reading.patient)
             out.readings.append(reading)
         self._carry(out, lambda a: self.analyzer.on_readings(out.readings, now_ms, a))
+        return out
+
+    def warm_up(self, readings: list[Reading], now_ms: int) -> Outputs:
+        """Replay stored readings (oldest first) into windows and rule timers after a restart.
+
+        What they cause is not sent again, with one exception: an alert that the replay leaves open
+        but that was not restored as open (the daemon died between deciding it and storing it) is
+        returned, to be sent now. Open alerts must be restored (``Analyzer.restore_alert``) first.
+        The readings also fill the de-dup memory, so a redelivered copy does not count twice.
+        """
+        before = {a.id for ps in self.analyzer.patients.values() for a in ps.open_alerts.values()}
+        for r in readings:
+            keys = self._recent.get((r.patient, r.vital))
+            if keys is None:
+                keys = self._recent[(r.patient, r.vital)] = _RecentKeys()
+            keys.add(hash((r.ts_ms, r.dedup_key)))
+            self._known.add(r.patient)
+        self.analyzer.on_readings(readings, now_ms, AnalysisOutputs())  # windows and timers; outputs dropped
+        out = Outputs()
+        out.alerts = [a for ps in self.analyzer.patients.values() for a in ps.open_alerts.values()
+                      if a.id not in before]
         return out
 
     def tick(self, now_ms: int) -> Outputs:

@@ -27,7 +27,7 @@ from monitorme.config import Settings, load_pipelines, load_rules
 from monitorme.core.alerts import AlarmPolicy, Alert, Priority
 from monitorme.core.decode import DecodeLimits
 from monitorme.core.engine import Engine, EngineConfig
-from monitorme.core.model import AuditEntry, Outputs
+from monitorme.core.model import AuditEntry, Outputs, Reading
 from monitorme.core.rules import validate_overrides
 from monitorme.errors import ConfigError, StoreError
 from monitorme.metrics import Metrics
@@ -118,6 +118,7 @@ class Daemon:
             self.engine.set_patient(p.patient, p.station, self._valid_thresholds(p.patient, p.thresholds))
         for alert in await self.reader.open_alerts():
             self.engine.analyzer.restore_alert(alert)
+        warm_alerts = await self._restore_windows()
         self.source = MqttSource(
             MqttSettings(url=s.mqtt_url, ward=s.ward, client_id=s.client_id, protocol=s.mqtt_protocol,
                          qos=s.mqtt_qos, receive_maximum=s.mqtt_receive_maximum,
@@ -138,6 +139,8 @@ class Daemon:
                          if s.mymedicaldata_url else None)
         self.processor = Processor(self.source, self.engine, self.writer, self.metrics, self.dispatch,
                                    batch_max=s.ingest_batch_max)
+        if warm_alerts:  # decided before the restart but never stored: stored and sent now
+            self.dispatch(Outputs(alerts=warm_alerts), [])
         app = create_app(self.reader, self.metrics, self.tokens, self.readiness, self,
                          auth_failures_per_minute=s.http_auth_failures_per_minute)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -156,6 +159,26 @@ class Daemon:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+    async def _restore_windows(self) -> list[Alert]:
+        """Replay the last ``analysis.restore_s`` of stored scalar readings into the windows and rule
+        timers, so a condition that had been building up does not start from zero after a restart.
+
+        ECG chunks are left out (their detector settles within seconds, and analysing them is the
+        slow part); so are trends over longer windows than this, which refill as readings arrive.
+        """
+        restore_ms = self.settings.analysis_restore_s * 1000
+        if not restore_ms:
+            return []
+        started = time.monotonic()
+        now = _now_ms()
+        readings: list[Reading] = []
+        async for chunk in self.reader.iter_readings(now - restore_ms, now, waveforms=False):
+            readings.extend(chunk)
+        out = self.engine.warm_up(readings, now)
+        log.info("windows_restored", extra={"readings": len(readings), "alerts_not_yet_stored": len(out.alerts),
+                                            "seconds": round(time.monotonic() - started, 2)})
+        return out.alerts
 
     async def _close_pool(self) -> None:
         try:

@@ -58,3 +58,28 @@ async def test_open_alert_survives_a_restart_and_resolves_once(
                                 tuned_mqtt_url)
         rows = await wait_rows(pg_dsn, lambda r: r and r[-1][1] == "resolved")
     assert rows == [(alert_id, "resolved")]  # the same alert, resolved once, never raised again
+
+
+@pytest.mark.parametrize("restore_s", [180, 0])
+async def test_a_condition_building_up_before_a_restart_keeps_its_time(
+        tmp_path: Path, ward: str, tuned_mqtt_url: str, pg_dsn: str, restore_s: int) -> None:
+    """spo2_low needs SpO2 < 90 % for 15 s. 5 s of it before a restart and 10 s after: with the
+    windows restored from PostgreSQL the alert comes at 15 s; without (restore_s = 0) it cannot.
+
+    Event time runs a few seconds ahead of the wall clock here, so that no wall-clock tick can
+    complete the 15 s while the test runs: only the readings can."""
+    t0 = int(time.time() * 1000) - 9_000
+    settings = make_settings(tmp_path, ward=ward, mqtt_url=tuned_mqtt_url, dsn=pg_dsn,
+                             protocol=broker_protocol(tuned_mqtt_url), analysis_restore_s=restore_s)
+    async with running(settings) as daemon:
+        await asyncio.to_thread(publish, [spo2(ward, t0 + i * 5000, 87.0) for i in range(2)], tuned_mqtt_url)
+        for _ in range(50):
+            if daemon.metrics.total("monitorme_stored_total") >= 2:
+                break
+            await asyncio.sleep(0.1)
+    assert await alert_rows(pg_dsn) == []  # 5 s: not yet
+
+    async with running(settings):
+        await asyncio.to_thread(publish, [spo2(ward, t0 + i * 5000, 87.0) for i in range(2, 4)], tuned_mqtt_url)
+        rows = await wait_rows(pg_dsn, lambda r: len(r) == 1, timeout_s=4 if restore_s else 3)
+    assert [state for _, state in rows] == (["raised"] if restore_s else [])

@@ -74,3 +74,22 @@ def test_evict_forgets_a_patient() -> None:
     engine.evict("p1")
     assert "p1" not in engine.patients
     assert engine.handle([msg("p1", "heart_rate", {"ts": NOW, "value": 70})], NOW).admitted == ["p1"]
+
+
+def test_warm_up_fills_windows_and_dedup_and_returns_only_alerts_not_restored() -> None:
+    from monitorme.config import load_rules
+    from monitorme.core.model import PatientId, Reading
+
+    rules = load_rules(REG)
+    engine = Engine(EngineConfig("w1"), REG, rules=rules)
+    stored = [Reading(PatientId("p1"), "spo2", NOW - 30_000 + i * 5000, 86.0, "ox", i) for i in range(6)]
+    out = engine.warm_up(stored, NOW)
+    assert [a.rule for a in out.alerts] == ["spo2_low"]  # open after the replay, never stored: to be sent
+    again = engine.handle([msg("p1", "spo2", {"ts": NOW - 5000, "value": 86, "device": "ox", "seq": 5})], NOW)
+    assert again.duplicates == 1 and again.readings == []  # the redelivered copy of a stored reading
+
+    restarted = Engine(EngineConfig("w1"), REG, rules=rules)
+    restarted.analyzer.restore_alert(out.alerts[0])  # what a restart finds open in PostgreSQL
+    assert restarted.warm_up(stored, NOW).alerts == []  # restored: not sent again
+    fresh = restarted.handle([msg("p1", "spo2", {"ts": NOW, "value": 86})], NOW)
+    assert fresh.alerts == []  # and the condition, still on, is not raised twice
