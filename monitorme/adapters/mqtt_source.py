@@ -208,7 +208,7 @@ class MqttSource:
                                                   "receive_maximum": self.settings.receive_maximum,
                                                   "session_present": connection.session_present})
                 await self._wait_disconnect_or_stop(connection, stop)
-            except (MqttWireError, TimeoutError) as exc:
+            except Exception as exc:  # whatever broke the connection, reconnect: never stop listening
                 attempt += 1
                 delay = random.uniform(0, min(self.settings.reconnect_max_s, 0.5 * 2**attempt))
                 log.warning("mqtt_reconnect", extra={"attempt": attempt, "error": str(exc), "delay_s": round(delay, 2)})

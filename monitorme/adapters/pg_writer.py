@@ -38,7 +38,18 @@ LAG_BUCKETS_S = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05
                  0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
 _TRANSIENT = (OSError, ConnectionError, TimeoutError, asyncpg.InterfaceError,
               asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-              asyncpg.AdminShutdownError, asyncpg.TooManyConnectionsError)
+              asyncpg.AdminShutdownError, asyncpg.TooManyConnectionsError,
+              # seen when the server went away mid-COPY: the connection object is left mid-operation
+              asyncpg.InternalClientError)
+
+
+def _link_failure(exc: BaseException) -> bool:
+    """Whether a write failed because of the link (retry, spool) rather than because of the data.
+
+    Anything that is not PostgreSQL refusing a statement counts as the link: the writer must never
+    die of an exception type nobody foresaw, since that would stop the ward's alerts too.
+    """
+    return isinstance(exc, _TRANSIENT) or not isinstance(exc, asyncpg.PostgresError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,37 +228,39 @@ class PgWriter:
                 await self._write(batch)
                 self.failing = False
                 break
-            except _TRANSIENT as exc:
+            except Exception as exc:  # sorted below: the link (retry, spool) or the data (isolate)
+                failure = exc
+            attempt += 1
+            if _link_failure(failure):
                 self.failing = True
                 self._drop_connection()
                 if await self._to_spool(batch):  # durable on disk: acknowledged, written later
                     self._replay_after = time.monotonic() + 1.0
                     return
-                attempt += 1
                 delay = random.uniform(0, min(self.config.retry_max_s, 0.1 * 2**attempt))
-                log.warning("store_retry", extra={"attempt": attempt, "error": repr(exc), "delay_s": round(delay, 2)})
+                log.warning("store_retry", extra={"attempt": attempt, "error": repr(failure)[:300],
+                                                  "delay_s": round(delay, 2)})
                 self.metrics.inc("monitorme_store_retries_total")
                 await asyncio.sleep(delay)
-            except asyncpg.PostgresError:
-                # Not the link: the database refuses something in this batch. Find the rows it
-                # refuses so that one bad reading cannot stall the whole ward; keep them as
-                # dead letters and store the rest.
-                log.error("store_batch_refused", exc_info=True, extra={"rows": len(batch.readings)})
-                self.metrics.inc("monitorme_store_refused_batches_total")
-                refused = await self._refused_readings(batch)
-                if not refused:  # nothing row-specific: back off as for an outage, then retry
-                    attempt += 1
-                    await asyncio.sleep(random.uniform(0, min(self.config.retry_max_s, 0.1 * 2**attempt)))
-                    continue
-                keep = [r for i, r in enumerate(batch.readings) if i not in refused]
-                batch.rejections.extend(
-                    Rejection(
-                        topic=f"monitorme/{self.config.ward}/{r.patient}/{r.vital}", reason="store_refused",
-                        detail=refused[i], payload=_describe(r), payload_size=0, received_ms=r.received_ms,
-                    )
-                    for i, r in enumerate(batch.readings) if i in refused
+                continue
+            # Not the link: the database refuses something in this batch. Find the rows it
+            # refuses so that one bad reading cannot stall the whole ward; keep them as
+            # dead letters and store the rest.
+            log.error("store_batch_refused", extra={"rows": len(batch.readings), "error": repr(failure)[:500]})
+            self.metrics.inc("monitorme_store_refused_batches_total")
+            refused = await self._refused_readings(batch)
+            if not refused:  # nothing row-specific: back off as for an outage, then retry
+                await asyncio.sleep(random.uniform(0, min(self.config.retry_max_s, 0.1 * 2**attempt)))
+                continue
+            keep = [r for i, r in enumerate(batch.readings) if i not in refused]
+            batch.rejections.extend(
+                Rejection(
+                    topic=f"monitorme/{self.config.ward}/{r.patient}/{r.vital}", reason="store_refused",
+                    detail=refused[i], payload=_describe(r), payload_size=0, received_ms=r.received_ms,
                 )
-                batch.readings = keep
+                for i, r in enumerate(batch.readings) if i in refused
+            )
+            batch.readings = keep
         self.last_commit_ms = committed = int(time.time() * 1000)
         if batch.readings:
             n = len(batch.readings)
@@ -297,7 +310,12 @@ class PgWriter:
             batch = _Pending(spooled.readings, spooled.rejections, spooled.admitted, spooled.alerts, spooled.audit)
             try:
                 await self._write(batch)
-            except _TRANSIENT as exc:
+            except Exception as exc:
+                if not _link_failure(exc):
+                    kept = await asyncio.to_thread(spool.quarantine, path, len(data))
+                    log.error("spool_batch_quarantined", extra={"error": repr(exc)[:500], "path": str(kept)})
+                    self.metrics.inc("monitorme_spool_quarantined_total")
+                    continue
                 self.failing = True
                 self._drop_connection()
                 self._replay_attempts += 1
@@ -306,11 +324,6 @@ class PgWriter:
                 log.info("spool_replay_waiting", extra={"error": repr(exc), "batches": spool.batches,
                                                         "delay_s": round(delay, 2)})
                 return False
-            except asyncpg.PostgresError as exc:
-                kept = await asyncio.to_thread(spool.quarantine, path, len(data))
-                log.error("spool_batch_quarantined", extra={"error": repr(exc), "path": str(kept)})
-                self.metrics.inc("monitorme_spool_quarantined_total")
-                continue
             await asyncio.to_thread(spool.remove, path, len(data))
             self.failing = False
             self.last_commit_ms = int(time.time() * 1000)

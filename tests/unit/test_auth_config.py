@@ -145,3 +145,14 @@ def test_failed_auth_limiter_counts_per_address_within_the_window() -> None:
     limiter.failed("b")
     limiter.failed("c")  # a flood of addresses: memory stays bounded
     assert len(limiter._failures) <= 2
+
+
+def test_the_writer_treats_anything_but_a_refused_statement_as_the_link() -> None:
+    import asyncpg
+
+    from monitorme.adapters.pg_writer import _link_failure
+
+    assert _link_failure(asyncpg.InternalClientError("cannot switch to state 15"))  # seen in a 60 s outage
+    assert _link_failure(ConnectionResetError()) and _link_failure(RuntimeError("unforeseen"))
+    assert not _link_failure(asyncpg.UniqueViolationError("x"))  # the data: isolate the row, do not spool
+    assert _link_failure(asyncpg.AdminShutdownError("x"))  # a PostgresError that is the link after all
