@@ -63,6 +63,7 @@ from bench.ingest import (
     _mosquitto_version,
     _PahoSubscriber,
     _publish_all,
+    _say,
     _server_version,
     _source_tree,
 )
@@ -108,10 +109,6 @@ SCHEMA: Final = (
     "runs, each run kept in drain_runs / latency_runs; loadavg_at_start / _end: os.getloadavg() (the machine "
     "is shared). reference: PERF.md's figures."
 )
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # -- install ----------------------------------------------------------------------------------------

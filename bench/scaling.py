@@ -61,6 +61,7 @@ from bench.ingest import (
     _execute,
     _mosquitto_version,
     _publish_all,
+    _say,
     _server_version,
     _source_tree,
 )
@@ -112,10 +113,6 @@ SCHEMA: Final = (
     "live load) in MiB, read before SIGTERM; exit_codes: after SIGTERM (0 expected). "
     "problems: anything that went wrong (empty on a clean run)."
 )
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _split(total: int, parts: int) -> list[int]:

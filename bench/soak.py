@@ -63,7 +63,7 @@ from typing import Any, Final
 
 from bench import ingest
 from bench.alert_latency import Probe, percentile
-from bench.ingest import REPO, BenchError, _admin_dsn, _cpu_s, _Daemon, _execute
+from bench.ingest import REPO, BenchError, _admin_dsn, _cpu_s, _Daemon, _execute, _say
 from bench.loadgen import MSG_PER_PATIENT_S, LoadGenerator
 from bench.suite import histogram_summary, scrape_histogram, station_probe
 from monitorme.demo.services import MosquittoBroker, free_port, with_database
@@ -103,10 +103,6 @@ SCHEMA: Final = (
     "backlog within its limit), reasons when not. generator: LoadGenerator.stop()'s totals. "
     "daemon_exit_code: after SIGTERM (0 expected). problems: anything that went wrong."
 )
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 class SoakError(BenchError):

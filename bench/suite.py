@@ -57,7 +57,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench import ingest, ingest_paths, scaling
 from bench.alert_latency import Probe, percentile
-from bench.ingest import REPO, _admin_dsn, _cpu_s, _Daemon, _execute
+from bench.ingest import REPO, _admin_dsn, _cpu_s, _Daemon, _execute, _say
 from monitorme.demo.services import MosquittoBroker, free_port, with_database
 from monitorme.metrics import histogram_quantile
 from monitorme.sim.model import generate_ward
@@ -86,10 +86,6 @@ SCHEMA = (
     "MonitorMe with every shipped rule; ratio_vs_bytewax. "
     "nodered: the peer's drain and latency, or null with a reason. goals: each goal, its figure, met or not."
 )
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # -- scraping the daemon's histogram ------------------------------------------------------------------
