@@ -52,15 +52,15 @@ async def running(settings: Settings) -> AsyncIterator[Daemon]:
     stop = asyncio.Event()
     async with Daemon(settings) as daemon:
         task = asyncio.create_task(daemon.run_until(stop))
-        deadline = time.monotonic() + 15
-        while not daemon.source.connected:
-            assert time.monotonic() < deadline, "daemon did not connect to the broker"
-            assert not task.done(), task.exception()
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)  # the SUBSCRIBE has been sent with CONNECT's success; let SUBACK land
         try:
+            deadline = time.monotonic() + 15
+            while not daemon.source.connected:
+                assert time.monotonic() < deadline, "daemon did not connect to the broker"
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # the SUBSCRIBE has been sent with CONNECT's success; let SUBACK land
             yield daemon
-        finally:
+        finally:  # also when it never connected: the daemon shuts down before the test goes on
             stop.set()
             await task
 
