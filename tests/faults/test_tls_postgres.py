@@ -27,8 +27,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from monitorme.errors import ConfigError
 from monitorme.demo.services import free_port, port_open
+from monitorme.errors import ConfigError
 from monitorme.runtime.app import Daemon
 from monitorme.sim.publisher import publish
 from tests.integration.daemon_harness import make_settings, running, wait_for_count
