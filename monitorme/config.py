@@ -36,6 +36,7 @@ class Settings:
     database_flush_ms: int = 10
     database_retention_hours: int = 24
     database_partitions_ahead_hours: int = 3
+    database_dead_letter_retention_hours: int = 168  # rejected input kept a week; 0 keeps it forever
     spool_dir: str = ""  # default: $STATE_DIRECTORY/spool (systemd) else ./.monitorme/spool; "off" disables
     spool_max_bytes: int = 1 << 30
     http_listen: str = "127.0.0.1:8080"
@@ -200,6 +201,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("spool.max_bytes", "must be at least 1 MiB")
     if s.database_retention_hours < 1:
         raise ConfigError("database.retention_hours", "must be at least 1")
+    if s.database_dead_letter_retention_hours < 0:
+        raise ConfigError("database.dead_letter_retention_hours", "must be 0 (keep forever) or more")
     if s.mymedicaldata_url and not s.mymedicaldata_url.startswith("https://"):
         raise ConfigError("mymedicaldata.url", "must be an https:// URL")
     if s.log_format not in ("auto", "json", "console"):

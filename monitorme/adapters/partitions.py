@@ -1,4 +1,4 @@
-"""Hourly partitions of ``readings``: create them ahead of time, drop them after retention."""
+"""Retention: hourly partitions of ``readings`` created ahead and dropped whole; old dead letters pruned."""
 
 from __future__ import annotations
 
@@ -89,3 +89,27 @@ async def upkeep(conn: asyncpg.Connection, now_ms: int, retention_ms: int, ahead
     first = (now_ms - retention_ms) // HOUR_MS
     await ensure_partitions(conn, range(first, now_hour + ahead_hours + 1))
     await drop_expired(conn, now_ms, retention_ms)
+
+
+async def prune_dead_letters(conn: asyncpg.Connection, ward: str, now_ms: int, keep_ms: int,
+                             batch_rows: int = 10_000) -> int:
+    """Delete this ward's dead letters received more than ``keep_ms`` ago; return how many.
+
+    Rejected input is kept for inspection (CONTRACT.md §2), but not forever: a device that sends
+    garbage at full speed must not fill the database's disk. The table is small in normal
+    operation, so bounded deletes on its (ward, received_at) index do; each batch is its own
+    statement so a large backlog never holds locks for long.
+    """
+    cutoff = now_ms - keep_ms  # timestamptz travels as epoch ms (pg_codecs)
+    pruned = 0
+    while True:
+        status = await conn.execute(
+            "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
+            "WHERE ward = $1 AND received_at < $2 LIMIT $3)", ward, cutoff, batch_rows)
+        deleted = int(status.rsplit(" ", 1)[-1])
+        pruned += deleted
+        if deleted < batch_rows:
+            break
+    if pruned:
+        log.info("dead_letters_pruned", extra={"count": pruned})
+    return pruned

@@ -100,8 +100,7 @@ class Daemon:
         self.reader = PgReader(self.pool, s.ward, self.registry)
         patients = await self.reader.patients()
         async with self.pool.acquire() as conn:
-            await partitions.upkeep(conn, _now_ms(), s.database_retention_hours * _HOUR_S * 1000,
-                                    s.database_partitions_ahead_hours)
+            await self._upkeep(conn)
         policy = AlarmPolicy(
             escalate_after_s={Priority.HIGH: (float(s.alarms_escalate_high_s), 2.0 * s.alarms_escalate_high_s),
                               Priority.MEDIUM: (float(s.alarms_escalate_medium_s),), Priority.LOW: ()},
@@ -366,14 +365,22 @@ class Daemon:
         """What a screen shows about the feed: readings arrive (broker), history is kept (database)."""
         return {**self.readiness(), "since": _now_ms()}
 
-    async def _retention(self) -> None:
+    async def _upkeep(self, conn: asyncpg.Connection) -> None:
+        """Partitions ahead, expired ones dropped, old dead letters pruned."""
         s = self.settings
+        now = _now_ms()
+        await partitions.upkeep(conn, now, s.database_retention_hours * _HOUR_S * 1000,
+                                s.database_partitions_ahead_hours)
+        if s.database_dead_letter_retention_hours:
+            keep_ms = s.database_dead_letter_retention_hours * _HOUR_S * 1000
+            await partitions.prune_dead_letters(conn, s.ward, now, keep_ms)
+
+    async def _retention(self) -> None:
         while True:
             await asyncio.sleep(300)  # hourly partitions: a few passes an hour keep them ahead
             try:
                 async with self.pool.acquire(timeout=10) as conn:
-                    await partitions.upkeep(conn, _now_ms(), s.database_retention_hours * _HOUR_S * 1000,
-                                            s.database_partitions_ahead_hours)
+                    await self._upkeep(conn)
             except Exception as exc:  # upkeep must never take the daemon (and its alerts) down with it
                 log.warning("retention_failed", extra={"error": repr(exc)[:300]})
 

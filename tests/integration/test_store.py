@@ -78,6 +78,25 @@ async def test_partitions_are_made_ahead_and_dropped_whole(pg_dsn: str) -> None:
         await conn.close()
 
 
+async def test_old_dead_letters_of_the_ward_are_pruned_in_batches(pg_dsn: str) -> None:
+    conn = await connect(pg_dsn)
+    try:
+        now = now_ms()
+        ages_h = {"w1": [1, 100, 169, 170, 500], "w2": [500]}  # hours ago; keep 168 h
+        for ward, ages in ages_h.items():
+            for age in ages:
+                await conn.execute(
+                    "INSERT INTO dead_letters (ward, received_at, topic, reason, detail, payload, payload_size) "
+                    "VALUES ($1, to_timestamp($2 / 1000.0), 't', 'not_json', '', '\\x00', 1)", ward, now - age * HOUR)
+        pruned = await partitions.prune_dead_letters(conn, "w1", now, keep_ms=168 * HOUR, batch_rows=2)
+        left = await conn.fetch("SELECT ward, round(extract(epoch FROM now() - received_at) / 3600) AS h "
+                                "FROM dead_letters ORDER BY ward, h")
+    finally:
+        await conn.close()
+    assert pruned == 3
+    assert [(r["ward"], int(r["h"])) for r in left] == [("w1", 1), ("w1", 100), ("w2", 500)]  # other wards untouched
+
+
 def raw(patient: str, vital: str, doc: dict[str, object]) -> RawMessage:
     return RawMessage(f"monitorme/w1/{patient}/{vital}", orjson.dumps(doc), now_ms(), ack=(patient, doc["ts"]))
 
