@@ -298,7 +298,15 @@ class PgWriter:
             self.on_durable(batch.acks)
         return True
 
-    async def _replay(self) -> bool:
+    async def replay_spool(self, budget_s: float | None = None) -> bool:
+        """Write what the spool holds now, without waiting for a backoff; True once it is empty.
+
+        With ``budget_s`` it stops after the batch that overruns it; the rest waits for ``run``.
+        """
+        self._replay_after = 0.0
+        return await self._replay(None if budget_s is None else time.monotonic() + budget_s)
+
+    async def _replay(self, until: float | None = None) -> bool:
         """Write spooled batches oldest first; True once the spool is empty."""
         spool = self.spool
         if spool is None or not spool.batches:
@@ -306,6 +314,8 @@ class PgWriter:
         if time.monotonic() < self._replay_after:
             return False
         for path, data in await asyncio.to_thread(lambda: list(spool.oldest())):
+            if until is not None and time.monotonic() > until:
+                return False
             spooled = await asyncio.to_thread(decode, data)
             batch = _Pending(spooled.readings, spooled.rejections, spooled.admitted, spooled.alerts, spooled.audit)
             try:
@@ -444,6 +454,8 @@ class PgWriter:
         )
 
     async def aclose(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
         if self._conn is not None:
             try:
                 async with asyncio.timeout(5):

@@ -10,12 +10,18 @@ was committed just before a crash and replayed again is harmless.
 Format: one file per batch, ``{sequence:012d}.batch``, holding the batch as JSON (bytes as
 base64), written to a temporary name, fsynced and renamed, so a file is either whole or absent.
 The size bound counts those files' bytes; what happens beyond it is the writer's policy.
+
+One process at a time owns a spool: ``Spool`` takes an exclusive ``flock`` on ``{dir}.lock``
+beside the directory and holds it until ``close()`` (the kernel drops it when the process
+dies), so a standby on the same host never replays or cleans up the active daemon's files.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,13 +88,24 @@ def decode(data: bytes) -> SpooledBatch:
     )
 
 
-class Spool:
-    """The spool directory of one ward. Blocking file I/O: call it from a worker thread."""
+class SpoolBusy(RuntimeError):
+    """Another process owns this spool directory."""
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+
+class Spool:
+    """The spool directory of one ward, owned while open. Blocking file I/O: call it from a worker thread.
+
+    Args:
+        directory: the ward's spool directory (created if missing).
+        max_bytes: the size bound for ``has_room``.
+        wait_s: how long to wait for another process to give the spool up before ``SpoolBusy``.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int, *, wait_s: float = 0.0) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = _lock(directory.parent / f"{directory.name}.lock", wait_s)
         for stale in directory.glob("*.tmp"):  # a write cut short by a crash: never acknowledged
             stale.unlink()
         files = self._files()
@@ -130,6 +147,12 @@ class Spool:
         self.bytes = max(0, self.bytes - size)
         self.batches = max(0, self.batches - 1)
 
+    def close(self) -> None:
+        """Give the spool up (its files stay for the next owner)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
     def quarantine(self, path: Path, size: int) -> Path:
         """Set aside a batch the database refuses outright, for a person to look at."""
         target = self.directory / "quarantine" / path.name
@@ -138,3 +161,17 @@ class Spool:
         self.bytes = max(0, self.bytes - size)
         self.batches = max(0, self.batches - 1)
         return target
+
+
+def _lock(path: Path, wait_s: float) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise SpoolBusy(f"{path} is held by another process") from None
+            time.sleep(0.05)

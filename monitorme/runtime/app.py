@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -23,6 +23,7 @@ from monitorme.adapters.mqtt_alerts import MqttAlertPublisher
 from monitorme.adapters.mqtt_source import MqttSettings, MqttSource
 from monitorme.adapters.pg_reader import PgReader, create_pool
 from monitorme.adapters.pg_writer import PgWriter, WriterConfig
+from monitorme.adapters.spool import SpoolBusy
 from monitorme.config import Settings, load_pipelines, load_rules
 from monitorme.core.alerts import AlarmPolicy, Alert, Priority
 from monitorme.core.decode import DecodeLimits
@@ -40,6 +41,53 @@ from monitorme.web.hub import WARD, StationHub, reading_value
 log = logging.getLogger(__name__)
 _HOUR_S = 3600
 _SHUTDOWN_DEADLINE_S = 20.0
+_START_REPLAY_BUDGET_S = 10.0
+
+
+def open_writer(s: Settings, metrics: Metrics, on_durable: Callable[[list[object]], None] = lambda _a: None,
+                ) -> PgWriter:
+    """The ward's writer, owning the ward's spool directory (``spool.dir``) if there is one."""
+    try:
+        return PgWriter(
+            WriterConfig(ward=s.ward, dsn=s.database_url, batch_rows=s.database_batch_rows,
+                         flush_ms=s.database_flush_ms, spool_dir=s.spool_path, spool_max_bytes=s.spool_max_bytes),
+            metrics, on_durable=on_durable,
+        )
+    except SpoolBusy as exc:
+        raise ConfigError("spool.dir", str(exc)) from None
+    except OSError as exc:
+        raise ConfigError("spool.dir", f"cannot use {s.spool_path}: {exc.strerror}") from None
+
+
+async def replay_stranded_spool(settings: Settings, stop: asyncio.Event, retry_s: float = 5.0) -> None:
+    """While this daemon waits as a standby, write what its spool still holds for the ward.
+
+    A daemon that spooled during a database outage and then lost the ward to another one (or was
+    stopped before the database came back) would otherwise keep acknowledged readings on its
+    disk until it happens to become active again. Writes are idempotent for readings
+    (ON CONFLICT DO NOTHING). Skipped while another process on this host owns the spool.
+    """
+    if settings.spool_path is None or not settings.spool_path.is_dir():
+        return
+    while not stop.is_set():
+        try:
+            writer = open_writer(settings, Metrics())
+        except ConfigError as exc:
+            log.info("standby_spool_skipped", extra={"reason": exc.problem})
+            return
+        try:
+            if writer.spool is None or not writer.spool.batches:
+                return
+            log.warning("standby_spool_replay", extra={"batches": writer.spool.batches, "bytes": writer.spool.bytes})
+            if await writer.replay_spool():
+                return
+        finally:
+            await writer.aclose()
+        try:
+            async with asyncio.timeout(retry_s):
+                await stop.wait()
+        except TimeoutError:
+            pass
 
 
 async def check_reachable(settings: Settings) -> None:
@@ -98,6 +146,19 @@ class Daemon:
         self._db_answers = True  # it just did; _watch_database keeps this true
         self._stack.push_async_callback(self._close_pool)
         self.reader = PgReader(self.pool, s.ward, self.registry)
+        self.source = MqttSource(
+            MqttSettings(url=s.mqtt_url, ward=s.ward, client_id=s.client_id, protocol=s.mqtt_protocol,
+                         qos=s.mqtt_qos, receive_maximum=s.mqtt_receive_maximum,
+                         session_expiry_s=s.mqtt_session_expiry_s, ca_file=s.mqtt_ca or None,
+                         cert_file=s.mqtt_cert or None, key_file=s.mqtt_key or None),
+            self.metrics,
+        )
+        self.writer = open_writer(s, self.metrics, on_durable=self.source.ack)
+        self._stack.push_async_callback(self.writer.aclose)
+        # What an earlier run spooled during an outage goes in first, so that the patients,
+        # open alerts and windows restored below include it; a large spool is not allowed to
+        # hold alerting back for long (the rest is written before new batches once running).
+        await self.writer.replay_spool(budget_s=_START_REPLAY_BUDGET_S)
         patients = await self.reader.patients()
         async with self.pool.acquire() as conn:
             await self._upkeep(conn)
@@ -118,19 +179,6 @@ class Daemon:
         for alert in await self.reader.open_alerts():
             self.engine.analyzer.restore_alert(alert)
         warm_alerts = await self._restore_windows()
-        self.source = MqttSource(
-            MqttSettings(url=s.mqtt_url, ward=s.ward, client_id=s.client_id, protocol=s.mqtt_protocol,
-                         qos=s.mqtt_qos, receive_maximum=s.mqtt_receive_maximum,
-                         session_expiry_s=s.mqtt_session_expiry_s, ca_file=s.mqtt_ca or None,
-                         cert_file=s.mqtt_cert or None, key_file=s.mqtt_key or None),
-            self.metrics,
-        )
-        self.writer = PgWriter(
-            WriterConfig(ward=s.ward, dsn=s.database_url, batch_rows=s.database_batch_rows,
-                         flush_ms=s.database_flush_ms, spool_dir=s.spool_path, spool_max_bytes=s.spool_max_bytes),
-            self.metrics, on_durable=self.source.ack,
-        )
-        self._stack.push_async_callback(self.writer.aclose)
         self.alert_publisher = MqttAlertPublisher(self.source, s.ward, self.metrics)
         self.hub = StationHub(self.metrics, self.patient_station)
         self.uploader = (SnapshotUploader(self.pool, s.ward, s.mymedicaldata_url, s.mymedicaldata_token,
@@ -419,22 +467,32 @@ async def standby_endpoint(settings: Settings) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
-async def run_forever(settings: Settings, *, insecure_no_auth: bool = False) -> None:
-    """``monitorme run``: until SIGTERM/SIGINT, then a graceful shutdown."""
-    stop = asyncio.Event()
+async def run_forever(settings: Settings, *, insecure_no_auth: bool = False,
+                      stop: asyncio.Event | None = None) -> None:
+    """``monitorme run``: until SIGTERM/SIGINT (or ``stop``, then no signal is touched), then a graceful shutdown."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    signals = stop is None
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     daemon = Daemon(settings, insecure_no_auth=insecure_no_auth)  # bad rules, pipelines or tokens: exit 2 now
     await check_reachable(settings)  # so does a broker or database that is not there at all
     lease = WardLease(settings.database_url, settings.ward)
     async with standby_endpoint(settings):  # a hot standby waits here while another daemon has the ward
-        acquired = await lease.acquire(stop)
+        acquired_or_stopped = asyncio.Event()
+        replaying = asyncio.ensure_future(replay_stranded_spool(settings, acquired_or_stopped))
+        try:
+            acquired = await lease.acquire(stop)
+        finally:
+            acquired_or_stopped.set()
+            await replaying  # gives the spool up before the daemon takes it
     if not acquired:
         return
     try:
         async with daemon:
-            loop.add_signal_handler(signal.SIGHUP, daemon.reload_rules)
+            if signals:
+                loop.add_signal_handler(signal.SIGHUP, daemon.reload_rules)
             keeper = asyncio.ensure_future(lease.keep(stop))
             lost = asyncio.ensure_future(lease.lost.wait())
             lost.add_done_callback(lambda _f: stop.set())

@@ -5,10 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitorme.adapters.spool import Spool, SpooledBatch, decode, encode
+from monitorme.adapters.spool import Spool, SpoolBusy, SpooledBatch, decode, encode
 from monitorme.core.model import AuditEntry, PatientId, Reading, Rejection, Waveform
 
 ids = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=12)
@@ -45,6 +46,7 @@ def check_reopen(directory: Path, many: list[SpooledBatch]) -> None:
     for b in many:
         spool.append(encode(b))
     (directory / "000000000099.tmp").write_bytes(b"half a batch")  # a write cut short by a crash
+    spool.close()
     reopened = Spool(directory, 1 << 30)
     assert reopened.batches == len(many) and reopened.bytes == spool.bytes
     got = list(reopened.oldest())
@@ -52,6 +54,22 @@ def check_reopen(directory: Path, many: list[SpooledBatch]) -> None:
     for path, data in got:
         reopened.remove(path, len(data))
     assert reopened.batches == 0 and reopened.bytes == 0 and not list(directory.glob("*"))
+    reopened.close()
+
+
+def test_one_owner_at_a_time(tmp_path: Path) -> None:
+    owner = Spool(tmp_path / "w1", 1 << 20)
+    owner.append(encode(SpooledBatch(readings=[Reading(PatientId("p"), "spo2", 1, 97.0)])))
+    (tmp_path / "w1" / "000000000002.tmp").write_bytes(b"being written")
+    with pytest.raises(SpoolBusy, match="held by another process"):
+        Spool(tmp_path / "w1", 1 << 20, wait_s=0.1)
+    assert (tmp_path / "w1" / "000000000002.tmp").exists()  # a refused opener cleans up nothing
+    other_ward = Spool(tmp_path / "w2", 1 << 20)  # wards do not share a lock
+    owner.close()
+    successor = Spool(tmp_path / "w1", 1 << 20)
+    assert successor.batches == 1
+    successor.close()
+    other_ward.close()
 
 
 def test_room_is_counted_in_bytes(tmp_path: Path) -> None:
