@@ -52,6 +52,7 @@ def test_every_operation_fuzzed_without_a_server_error(tmp_path: Path, ward: str
              "--max-examples", examples, "--workers", "1", "--seed", "1"],
             capture_output=True, text=True, timeout=600, cwd=tmp_path,  # its report dir goes there
         )
+        print("\n".join(done.stdout.strip().splitlines()[-12:]))  # schemathesis' summary, seen with -s
         with urllib.request.urlopen(f"{url}/readyz", timeout=5) as r:
             still_ready = r.status == 200
         alive = daemon.proc.poll() is None
