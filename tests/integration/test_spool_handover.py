@@ -58,11 +58,15 @@ async def lease_is_held(dsn: str, ward: str) -> bool:
         await conn.close()
 
 
+@pytest.fixture
+def settings(tmp_path: Path, ward: str, mqtt_url: str, pg_dsn: str) -> Settings:
+    return make_settings(tmp_path, ward=ward, mqtt_url=mqtt_url, dsn=pg_dsn, protocol=broker_protocol(mqtt_url),
+                         spool_dir=str(tmp_path / "spool"))
+
+
 async def test_a_restart_writes_the_spool_before_restoring_patients_and_windows(
-    tmp_path: Path, ward: str, mqtt_url: str, pg_dsn: str
+    settings: Settings, ward: str, pg_dsn: str
 ) -> None:
-    settings = make_settings(tmp_path, ward=ward, mqtt_url=mqtt_url, dsn=pg_dsn, protocol=broker_protocol(mqtt_url),
-                             spool_dir=str(tmp_path / "spool"))
     spooled = spool_some(settings, "p9", 40)
     async with Daemon(settings) as daemon:
         assert "p9" in daemon.engine.patients  # admitted in the spool: known before intake starts
@@ -71,10 +75,8 @@ async def test_a_restart_writes_the_spool_before_restoring_patients_and_windows(
 
 
 async def test_a_standby_writes_what_it_spooled_while_another_daemon_has_the_ward(
-    tmp_path: Path, ward: str, mqtt_url: str, pg_dsn: str
+    settings: Settings, ward: str, pg_dsn: str
 ) -> None:
-    settings = make_settings(tmp_path, ward=ward, mqtt_url=mqtt_url, dsn=pg_dsn, protocol=broker_protocol(mqtt_url),
-                             spool_dir=str(tmp_path / "spool"))
     spooled = spool_some(settings, "p3", 50)
     other = WardLease(pg_dsn, ward)  # the daemon that took the ward over
     never = asyncio.Event()
