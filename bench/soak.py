@@ -35,9 +35,11 @@ measurement failed, 130 when interrupted. Everything started is stopped and the 
 success, failure, Ctrl-C and SIGTERM.
 
 By design the daemon's memory grows until its longest high-rate window is full: heart rate (2 Hz)
-keeps 30 minutes for ``hr_rising`` (``pct_from_median``, window_s 1800), so at 500 patients about
-30 MB more is expected over the first half hour. ``window_fill_s`` in the report says when that is;
-samples before it are flagged, and a run shorter than it measures filling, not a leak.
+keeps 30 minutes for ``hr_rising`` (``pct_from_median``, window_s 1800), so at 500 patients RSS
+climbs through the first half hour. ``window_fill_s`` in the report says when that is; samples
+before it are flagged, RSS is judged on the samples after it (when there are at least 8), and a run
+shorter than that measures filling, not a leak. The latencies are judged on every sample after the
+warm-up.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ PLOT: Final = REPO / "bench" / "plots" / "soak.png"
 TOLERANCE: Final = 0.10
 LATENCY_SLACK_MS: Final = 5.0  # one bucket of monitorme_store_lag_seconds below 100 ms
 BACKLOG_SECONDS: Final = 1.0  # pending rows allowed: this many seconds of the ward's readings
+MIN_FILLED_SAMPLES: Final = 8  # RSS is judged after the windows are full when this many samples are
 
 SCHEMA: Final = (
     "bench/soak.py results: one ward daemon under live hospital load for a long time. "
@@ -96,7 +99,9 @@ SCHEMA: Final = (
     "flatness.<series>: the criterion on the samples after the warm-up: values split into 4 quarters in "
     "time order; second = median of the 2nd quarter, last = median of the 4th; change = last/second - 1; "
     "flat = |last - second| <= tolerance * |second| + slack (tolerance 0.10; slack 0 for rss_mb, 5 ms for "
-    "the latencies); flat is null with fewer than 4 samples. cpu_share and readings_per_s are reported, "
+    "the latencies); flat is null with fewer than 4 samples. rss_mb is judged on the samples after "
+    "window_fill_s when there are at least 8 of them (judged_from: window_fill), else on all after the "
+    "warm-up (judged_from: warmup; such a run measures the filling). cpu_share and readings_per_s are reported, "
     "not judged. backlog: max pending_rows and spool after the warm-up against the limit (one second of "
     "the ward's readings, empty spool). rss_growth_bytes_per_reading: (last - second) RSS medians over the "
     "readings accepted between the two quarters' midpoints. verdict: flat (all four series flat and the "
@@ -223,13 +228,18 @@ def window_fill_s() -> float:
 def judge(samples: Sequence[dict[str, Any]], patients: int) -> dict[str, Any]:
     """Flatness of each series after the warm-up, the backlog, and the verdict."""
     kept = [s for s in samples if not s["warmup"]]
+    # Memory grows by design until the longest window is full; a leak is growth after that. Judge
+    # RSS on the filled samples when there are enough of them to make four quarters worth comparing.
+    filled = [s for s in kept if not s.get("filling", False)]
+    rss_samples, rss_from = (filled, "window_fill") if len(filled) >= MIN_FILLED_SAMPLES else (kept, "warmup")
     series: dict[str, tuple[list[float | None], float]] = {
-        "rss_mb": ([s["rss_mb"] for s in kept], 0.0),
+        "rss_mb": ([s["rss_mb"] for s in rss_samples], 0.0),
         "stored_p99_ms": ([s["stored_ms"]["p99"] for s in kept], LATENCY_SLACK_MS),
         "station_p99_ms": ([s["station_ms"]["p99"] for s in kept], LATENCY_SLACK_MS),
         "alert_p99_ms": ([s["alert_ms"]["p99"] for s in kept], LATENCY_SLACK_MS),
     }
     flat = {name: flatness(values, slack=slack) for name, (values, slack) in series.items()}
+    flat["rss_mb"]["judged_from"] = rss_from
     info = {name: flatness([s[name] for s in kept]) for name in ("cpu_share", "readings_per_s")}
     limit = round(BACKLOG_SECONDS * patients * MSG_PER_PATIENT_S)
     backlog = {"max_pending_rows": max((s["pending_rows"] for s in kept), default=None),
@@ -238,9 +248,9 @@ def judge(samples: Sequence[dict[str, Any]], patients: int) -> dict[str, Any]:
                "pending_rows_limit": limit}
     backlog["ok"] = bool(kept) and backlog["max_pending_rows"] <= limit and backlog["max_spool_batches"] == 0
     growth = None
-    if len(kept) >= 4:
-        q = quarters(list(range(len(kept))))
-        mid2, mid4 = kept[q[1][len(q[1]) // 2]], kept[q[3][len(q[3]) // 2]]
+    if len(rss_samples) >= 4:
+        q = quarters(list(range(len(rss_samples))))
+        mid2, mid4 = rss_samples[q[1][len(q[1]) // 2]], rss_samples[q[3][len(q[3]) // 2]]
         readings = mid4["readings_total"] - mid2["readings_total"]
         if readings > 0 and flat["rss_mb"]["second"] is not None:
             growth = round((flat["rss_mb"]["last"] - flat["rss_mb"]["second"]) * 2**20 / readings, 1)

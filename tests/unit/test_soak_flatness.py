@@ -65,9 +65,11 @@ def test_latency_slack_absorbs_one_histogram_bucket() -> None:
     assert flatness([20.0] * 8 + [30.0] * 8, slack=5.0)["flat"] is False
 
 
-def _sample(i: int, rss: float, p99: float, pending: int = 0, spool: int = 0) -> dict[str, object]:
+def _sample(i: int, rss: float, p99: float, pending: int = 0, spool: int = 0, filling: bool = False,
+            ) -> dict[str, object]:
     lat = {"p50": p99 / 2, "p99": p99, "max": p99, "n": 100}
-    return {"index": i, "warmup": i < 2, "rss_mb": rss, "stored_ms": lat, "station_ms": lat, "alert_ms": lat,
+    return {"index": i, "warmup": i < 2, "filling": filling, "rss_mb": rss,
+            "stored_ms": lat, "station_ms": lat, "alert_ms": lat,
             "cpu_share": 0.3, "readings_per_s": 2110.0, "pending_rows": pending, "spool_batches": spool,
             "spool_bytes": 0, "readings_total": 2110 * 60 * (i + 1)}
 
@@ -84,3 +86,20 @@ def test_judge_excludes_the_warm_up_and_checks_the_backlog() -> None:
     assert judge(backlog, 500)["verdict"]["flat"] is False
     spooled = [_sample(i, 100.0, 30.0, spool=1 if i == 5 else 0) for i in range(14)]
     assert judge(spooled, 500)["backlog"]["ok"] is False
+
+
+def test_rss_is_judged_after_the_windows_are_full() -> None:
+    """An hour: RSS climbs for 30 min while the windows fill (by design), then stays; flat. A leak after
+    the fill is still caught, and a run too short to have 8 filled samples is judged on all of them."""
+    def hour(after_fill: float) -> list[dict[str, object]]:
+        return [_sample(i, 100.0 + 5 * min(i, 30) + after_fill * max(0, i - 30), 30.0, filling=i < 30)
+                for i in range(60)]
+    steady = judge(hour(0.0), 500)
+    assert steady["verdict"]["flat"] is True
+    assert steady["flatness"]["rss_mb"]["judged_from"] == "window_fill"
+    leaking = judge(hour(2.0), 500)  # +2 MiB a minute after the fill: +24 % over the half hour
+    assert leaking["verdict"]["flat"] is False
+    assert any(r.startswith("rss_mb") for r in leaking["verdict"]["reasons"])
+    short = [_sample(i, 100.0 + 5 * i, 30.0, filling=True) for i in range(14)]
+    assert judge(short, 500)["flatness"]["rss_mb"]["judged_from"] == "warmup"
+    assert judge(short, 500)["verdict"]["flat"] is False
