@@ -8,6 +8,8 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
+_COMPACT_SHARE = 16  # slide in place once the evicted prefix is >= 1/16 of the arrays
+
 
 class Series:
     """Time-ordered ``(ts_ms, value)`` pairs of one numeric series, kept for ``horizon_ms``.
@@ -17,8 +19,11 @@ class Series:
     stores it but it moves no window, and counts it). Lateness is judged against the
     series' own newest reading, never the wall clock (CONTRACT.md §2).
 
-    The arrays grow by doubling and are compacted when the evicted prefix dominates,
-    so appends are amortised O(1) and windows are contiguous numpy views.
+    The arrays grow by doubling while the series fills; once it evicts, the live part slides
+    to the front of the same arrays whenever the evicted prefix is at least 1/16 of them (else
+    they grow by a quarter), so appends stay amortised O(1) (at most 15 element copies each),
+    memory stops growing when the window is full, and windows are contiguous numpy views. A view is valid until the next
+    ``add``/``extend``/``append_run`` (which may move the readings under it).
 
     >>> s = Series(horizon_ms=10_000, lateness_ms=2_000)
     >>> [s.add(t, v) for t, v in [(1000, 1.0), (3000, 3.0), (2000, 2.0), (500, 9.0)]]
@@ -46,6 +51,11 @@ class Series:
 
     def __len__(self) -> int:
         return self._end - self._start
+
+    @property
+    def capacity(self) -> int:
+        """Readings the arrays hold before they must move or grow (memory: 16 bytes each)."""
+        return len(self._ts)
 
     @property
     def newest_ts(self) -> int | None:
@@ -145,15 +155,27 @@ class Series:
     def _make_room(self, more: int = 1) -> None:
         live = self._end - self._start
         size = len(self._ts)
-        if not (self._start and live + more <= size // 2):  # compacting frees enough when the evicted
-            while size < live + more:  # prefix is at least half; else grow
+        start = self._start
+        if start and start * _COMPACT_SHARE >= size and live + more <= size:
+            # a full window evicts as fast as it appends: slide it to the front of the same arrays.
+            # Growing instead (heart rate: 3,601 readings in 30 min, arrays of 4,096) wrote a new
+            # array page by page over the next half hour: RSS crept up long after the windows were
+            # full (+39 MiB in the hour soak at 500 patients) and settled at twice the memory
+            self._ts[:live] = self._ts[start : self._end]
+            self._values[:live] = self._values[start : self._end]
+            self._start, self._end = 0, live
+            return
+        if start:  # evicting, yet fuller than before (a faster device): grow by a quarter
+            size = max(size + size // 4, (live + more) * 5 // 4)
+        else:  # still filling: double
+            while size < live + more:
                 size *= 2
             if size == len(self._ts):
                 size *= 2
         ts = np.empty(size, dtype=np.int64)
         values = np.empty(size, dtype=np.float64)
-        ts[:live] = self._ts[self._start : self._end]
-        values[:live] = self._values[self._start : self._end]
+        ts[:live] = self._ts[start : self._end]
+        values[:live] = self._values[start : self._end]
         self._ts, self._values, self._start, self._end = ts, values, 0, live
 
     def window(self, end_ts: int, span_ms: int) -> tuple[IntArray, FloatArray]:

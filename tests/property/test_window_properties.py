@@ -110,6 +110,38 @@ def test_series_accepts_exactly_what_lateness_allows_and_keeps_order(stream: lis
     assert len(s) == len(expected)  # eviction keeps the time bound
 
 
+@settings(max_examples=40)
+@given(period_ms=st.integers(50, 3_000), horizons=st.integers(3, 6), late_every=st.integers(0, 7),
+       seed_value=st.floats(0, 200, allow_nan=False))
+def test_a_full_window_stops_growing_and_keeps_its_readings(period_ms: int, horizons: int, late_every: int,
+                                                            seed_value: float) -> None:
+    """Once the horizon is full the arrays neither grow nor get replaced (their memory is written
+    once and reused: no RSS creeping up after the fill), capacity stays within twice the most
+    readings ever live, and what the window holds is still exactly the oracle's."""
+    s = Series(HORIZON, LATENESS)
+    accepted: list[tuple[int, float]] = []
+    peak = 0
+    settled: tuple[int, int] | None = None  # (id of the arrays, capacity) once the first horizon has passed
+    ts = 1_000_000
+    for i in range(horizons * HORIZON // period_ms):
+        ts += period_ms
+        at = ts - LATENESS // 2 if late_every and i % (late_every + 1) == late_every else ts  # within allowance
+        value = round(seed_value + i % 17, 3)
+        assert s.add(at, value)
+        accepted.append((at, value))
+        peak = max(peak, len(s))
+        if ts - 1_000_000 >= 2 * HORIZON:
+            if settled is None:
+                settled = (id(s._ts), s.capacity)
+            assert (id(s._ts), s.capacity) == settled
+    assert s.capacity <= max(16, 2 * peak)
+    accepted.sort(key=lambda p: p[0])
+    newest = max(t for t, _ in accepted)
+    ts_arr, v_arr = s.upto(newest)
+    assert list(zip(ts_arr.tolist(), v_arr.tolist(), strict=True)) == [
+        (t, v) for t, v in accepted if t >= newest - HORIZON]
+
+
 @pytest.mark.parametrize("op", sorted(OPERATORS))
 @settings(max_examples=60)
 @given(stream=streams(), window_s=st.sampled_from([5, 30, 60, 120]), count=st.integers(1, 5),
