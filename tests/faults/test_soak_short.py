@@ -9,8 +9,8 @@ warm-up. Thresholds, chosen not to flake on a shared 2-core machine yet to catch
   readings and the spool stays empty; each interval stored what it accepted (±2 %); at the end
   everything received was stored.
 * memory: the brief's "RSS of the last interval within +10 % of the third" cannot hold for a
-  correct daemon this early: its bounded structures are still filling (de-dup memory, 256 keys per
-  patient and vital, full after 128 s for heart rate and 256 s at 1 Hz; windows of 10-30 min). Run
+  correct daemon this early: its bounded structures are still filling (de-dup memory, 128 keys per
+  patient and vital, full after 64 s for heart rate and 128 s at 1 Hz; windows of 10-30 min). Run
   in-process, the engine grows ≈ 250 bytes per reading over its first two minutes (tracemalloc),
   and the daemon's RSS was measured growing 210-230 bytes per reading here (+13 % from the third to
   the last interval). So the check is per reading: RSS growth from the third interval to the last,
