@@ -111,6 +111,7 @@ async def test_broker_restart_under_load_loses_nothing(tmp_path: Path, ward: str
         back_ready = ready(port)
         statuses = screen.close()
         assert daemon.stop() == 0
+    print(f"broker restart: published {expected}, stored {total} ({distinct} distinct), screen statuses {statuses}")
     assert first.acked == len(backlog) and second.acked == len(live)
     assert down_seen, "/readyz kept saying ready while the broker was down"
     assert back_ready

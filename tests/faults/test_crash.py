@@ -94,6 +94,7 @@ async def test_kill_9_twice_under_load_loses_nothing_and_stores_nothing_twice(
         raised = await raised_alerts(pg_dsn, ward)
         assert daemon.stop() == 0
     sent = Counter(m.vital for m in messages)
+    print(f"kill -9 x{kills}: published {len(messages)}, stored {total} ({distinct} distinct), raised {dict(raised)}")
     assert kills == 2
     assert total == distinct == len(messages), f"published {len(messages)}, stored {total} ({distinct} distinct)"
     assert per_vital == sent  # every vital, ECG chunks included

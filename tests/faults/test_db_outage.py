@@ -139,6 +139,11 @@ async def test_sixty_seconds_without_postgresql(tmp_path: Path, ward: str) -> No
     finally:
         pg.stop()
     (stats,) = published
+    print(f"{OUTAGE_S} s without PostgreSQL: published {expected}, stored {total} ({distinct} distinct); alert on"
+          f" MQTT after {[round(x * 1000, 1) for x in on_mqtt[:1]]} ms, on the screen after"
+          f" {[round(x * 1000, 1) for x in on_screen[:1]]} ms; spooled"
+          f" {mid['monitorme_spooled_batches_total']:.0f} batches"
+          f" ({mid['monitorme_spool_bytes']:.0f} bytes at mid-outage)")
     assert stats.acked == len(ward_load)
     assert during["ready"] is False and during["database"] is False and during["broker"] is True
     assert on_mqtt and on_mqtt[0] < 1.0, f"alert on MQTT during the outage after {on_mqtt}"

@@ -81,6 +81,7 @@ async def test_standby_takes_over_within_5_s_and_nothing_is_lost(tmp_path: Path,
         total, distinct, _ = await stored(pg_dsn, ward)
         assert standby.stop() == 0
     (stats,) = result
+    print(f"standby: published {len(messages)}, stored {total} ({distinct} distinct)")
     assert waiting[0] == (200, {"status": "ok", "role": "standby"})  # alive, for probes and supervisors
     assert waiting[1][0] == 503 and waiting[1][1]["standby"] is True  # but not to be sent traffic
     assert waiting[2][0] == 404  # and it serves nothing else
