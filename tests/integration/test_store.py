@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 import numpy as np
@@ -13,9 +16,11 @@ from monitorme.adapters import partitions
 from monitorme.adapters.migrations import apply_migrations, migrations_dir
 from monitorme.adapters.pg_codecs import init_connection
 from monitorme.adapters.pg_writer import PgWriter, WriterConfig
+from monitorme.adapters.spool import SpooledBatch, encode
 from monitorme.config import load_pipelines
 from monitorme.core.engine import Engine, EngineConfig
 from monitorme.core.model import RawMessage
+from monitorme.demo.services import free_port
 from monitorme.metrics import Metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -212,3 +217,104 @@ async def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored(p
     finally:
         await conn.close()
     assert metrics.get("monitorme_store_refused_batches_total") == 1
+
+
+class Forwarder:
+    """A TCP port that reaches the test's PostgreSQL only while it is open: the database 'comes
+    back' for a client configured with this port (connections before that are refused for real)."""
+
+    def __init__(self, target_dsn: str) -> None:
+        parts = urlsplit(target_dsn)
+        socket_dir = parse_qs(parts.query).get("host", [None])[0]
+        self.pg_port = parts.port or 5432
+        self.pg_unix = f"{socket_dir}/.s.PGSQL.{self.pg_port}" if socket_dir else None
+        self.pg_host = parts.hostname or "127.0.0.1"
+        self.port = free_port()
+        # the same database and user through 127.0.0.1:port
+        self.dsn = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{self.port}", query=""))
+        self.server: asyncio.Server | None = None
+
+    async def open(self) -> None:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+        async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            if self.pg_unix:
+                pg_r, pg_w = await asyncio.open_unix_connection(self.pg_unix)
+            else:
+                pg_r, pg_w = await asyncio.open_connection(self.pg_host, self.pg_port)
+            await asyncio.gather(pipe(client_r, pg_w), pipe(pg_r, client_w))
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_full_spool_holds_batches_unacknowledged_then_stores_them_all_once(
+        pg_dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """CONTRACT/README policy beyond ``spool.max_bytes``: batches are neither dropped nor
+    acknowledged; they wait in memory (the broker keeps the rest), the condition is logged once and
+    counted per attempt, and everything is stored exactly once when the database returns."""
+    t = now_ms() - 60_000
+    batches = [[raw("p1", "heart_rate", {"ts": t + 500 * (20 * b + i), "value": 60 + i}) for i in range(20)]
+               for b in range(6)]
+    engine = Engine(EngineConfig("w1"), REG)
+    outputs = [engine.handle(batch, now_ms()) for batch in batches]
+    one = len(encode(SpooledBatch(outputs[0].readings, outputs[0].rejections, outputs[0].admitted)))
+    room = int(2.5 * one)  # two batches fit, the third does not
+    database = Forwarder(pg_dsn)  # closed: the database is away
+    metrics = Metrics()
+    acked: list[object] = []
+    writer = PgWriter(WriterConfig("w1", database.dsn, flush_ms=20, retry_max_s=0.2, connect_timeout_s=1,
+                                   spool_dir=tmp_path / "spool", spool_max_bytes=room),
+                      metrics, on_durable=acked.extend)
+    acks = [[m.ack for m in batch] for batch in batches]
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        with caplog.at_level(logging.ERROR, logger="monitorme.adapters.pg_writer"):
+            for out, batch_acks in zip(outputs, acks, strict=True):
+                writer.submit(out, batch_acks)
+                await asyncio.sleep(0.3)
+            for _ in range(50):  # the held batch keeps retrying: the counter grows, the log does not
+                if metrics.get("monitorme_spool_full_total") >= 3:
+                    break
+                await asyncio.sleep(0.1)
+        assert writer.spool is not None
+        spooled_batches, spooled_bytes = writer.spool.batches, writer.spool.bytes
+        assert spooled_batches == 2 and spooled_bytes <= room
+        assert acked == acks[0] + acks[1]  # spooled = durable = acknowledged; nothing else
+        assert metrics.get("monitorme_spool_full_total") >= 3
+        assert [r.getMessage() for r in caplog.records].count("spool_full") == 1
+        assert writer.pending_rows == 60  # batches 4-6 wait in memory behind the held third
+
+        await database.open()  # the database is back
+        for _ in range(200):
+            if len(acked) == 120 and writer.spool.batches == 0:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await task
+        await writer.aclose()
+        await database.close()
+    assert sorted(map(str, acked)) == sorted(str(a) for batch_acks in acks for a in batch_acks)
+    assert len(acked) == len(set(map(str, acked))) == 120  # each acknowledged once
+    assert writer.spool.batches == 0 and writer.spool.bytes == 0
+    conn = await connect(pg_dsn)
+    try:
+        total = await conn.fetchval("SELECT count(*) FROM readings")
+        distinct = await conn.fetchval("SELECT count(DISTINCT ts) FROM readings")
+    finally:
+        await conn.close()
+    assert total == distinct == 120
