@@ -22,8 +22,9 @@ class Series:
     The arrays grow by doubling while the series fills; once it evicts, the live part slides
     to the front of the same arrays whenever the evicted prefix is at least 1/16 of them (else
     they grow by a quarter), so appends stay amortised O(1) (at most 15 element copies each),
-    memory stops growing when the window is full, and windows are contiguous numpy views. A view is valid until the next
-    ``add``/``extend``/``append_run`` (which may move the readings under it).
+    memory stops growing when the window is full, and windows are contiguous numpy views. A
+    view is valid until the next ``add``/``extend``/``append_run`` (which may move the readings
+    under it).
 
     >>> s = Series(horizon_ms=10_000, lateness_ms=2_000)
     >>> [s.add(t, v) for t, v in [(1000, 1.0), (3000, 3.0), (2000, 2.0), (500, 9.0)]]
@@ -153,9 +154,9 @@ class Series:
             self._oldest = int(self._ts[start])  # never empty: the newest reading is inside the horizon
 
     def _make_room(self, more: int = 1) -> None:
-        live = self._end - self._start
-        size = len(self._ts)
         start = self._start
+        live = self._end - start
+        size = len(self._ts)
         if start and start * _COMPACT_SHARE >= size and live + more <= size:
             # a full window evicts as fast as it appends: slide it to the front of the same arrays.
             # Growing instead (heart rate: 3,601 readings in 30 min, arrays of 4,096) wrote a new

@@ -308,8 +308,8 @@ async def test_a_full_spool_holds_batches_unacknowledged_then_stores_them_all_on
         await task
         await writer.aclose()
         await database.close()
-    assert sorted(map(str, acked)) == sorted(str(a) for batch_acks in acks for a in batch_acks)
-    assert len(acked) == len(set(map(str, acked))) == 120  # each acknowledged once
+    assert sorted(acked) == sorted(a for batch_acks in acks for a in batch_acks)
+    assert len(acked) == len(set(acked)) == 120  # each acknowledged once
     assert writer.spool.batches == 0 and writer.spool.bytes == 0
     conn = await connect(pg_dsn)
     try:
